@@ -1,0 +1,2 @@
+"""sa: Shallow Alignment."""
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""The `sa` command line: a thin typer app over the Python API.
+
+Each subpackage keeps its commands in its own module; this file only mounts
+them. Command modules import heavy libraries (torch, zarr) inside the command
+functions so that `sa --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from sa import __version__
+from sa.cache import cli as cache_cli
+from sa.extract import cli as extract_cli
+from sa.train import cli as train_cli
+from sa.train import data_cli, report_cli
+
+app = typer.Typer(
+    name="sa",
+    help=(
+        "Shallow Alignment: decode seen images from EEG/MEG by aligning brain responses "
+        "with the intermediate layers of frozen vision models.\n\n"
+        "Typical workflow: `sa data check` -> `sa extract` (once per backbone, on a GPU) -> "
+        "`sa sweep --layers all` -> `sa report`. Try `sa demo` first."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Shallow Alignment toolkit."""
+
+
+app.add_typer(cache_cli.app, name="cache", help="Inspect, verify, export and share feature caches.")
+app.add_typer(data_cli.app, name="data", help="Check brain data layouts; write the synthetic THINGS-format dataset.")
+extract_cli.register(app)
+train_cli.register(app)
+report_cli.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""Placeholder until its issue lands."""
+import typer
+
+app = typer.Typer(no_args_is_help=True)
