@@ -1,0 +1,121 @@
+"""Backbone names: short aliases for the paper's models and generic `library:ARCH[:TAG]` names.
+
+A name resolves to a :class:`BackboneSpec` without importing any model library,
+so `sa backbones` and error messages stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Optional
+
+from sa.errors import SAError
+
+SOURCES = ("open_clip", "timm", "torchvision")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What to build: the library (`source`), its architecture name and the pretrained tag (None = library default)."""
+
+    name: str  # the name the user gave (alias or generic), used as the human-readable key prefix
+    source: str  # "open_clip" | "timm" | "torchvision"
+    arch: str  # open_clip model name, timm model name (without tag), torchvision model name
+    pretrained: Optional[str] = None  # open_clip tag, timm tag ("lvd142m"), torchvision weights enum ("IMAGENET1K_V1")
+    description: str = ""
+
+    @property
+    def generic(self) -> str:
+        """The generic `source:arch[:tag]` spelling of this backbone."""
+        if self.source == "timm":
+            return f"timm:{self.arch}" + (f".{self.pretrained}" if self.pretrained else "")
+        return f"{self.source}:{self.arch}" + (f":{self.pretrained}" if self.pretrained else "")
+
+    @property
+    def key_name(self) -> str:
+        """A filesystem-safe version of `name` for the cache key prefix."""
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in self.name).strip("-")
+
+
+def _oc(alias: str, arch: str, tag: str, desc: str) -> BackboneSpec:
+    return BackboneSpec(alias, "open_clip", arch, tag, desc)
+
+
+def _timm(alias: str, arch: str, tag: str, desc: str) -> BackboneSpec:
+    return BackboneSpec(alias, "timm", arch, tag, desc)
+
+
+ALIASES: dict[str, BackboneSpec] = {
+    s.name: s
+    for s in [
+        _oc("clip-rn50", "RN50", "openai", "OpenAI CLIP ResNet-50"),
+        _oc("clip-rn101", "RN101", "openai", "OpenAI CLIP ResNet-101"),
+        _oc("clip-vit-b16", "ViT-B-16", "openai", "OpenAI CLIP ViT-B/16"),
+        _oc("clip-vit-b32", "ViT-B-32", "openai", "OpenAI CLIP ViT-B/32"),
+        _oc("clip-vit-l14", "ViT-L-14", "openai", "OpenAI CLIP ViT-L/14"),
+        _oc("clip-vit-h14", "ViT-H-14", "laion2b_s32b_b79k", "OpenCLIP ViT-H/14 (LAION-2B)"),
+        _oc("clip-vit-g14", "ViT-g-14", "laion2b_s34b_b88k", "OpenCLIP ViT-g/14 (LAION-2B)"),
+        _oc("clip-vit-bigg14", "ViT-bigG-14", "laion2b_s39b_b160k", "OpenCLIP ViT-bigG/14 (LAION-2B)"),
+        _oc("eva02-e14", "EVA02-E-14", "laion2b_s4b_b115k", "EVA-02-CLIP-E/14 (LAION-2B)"),
+        _timm("dinov2-s", "vit_small_patch14_dinov2", "lvd142m", "DINOv2 ViT-S/14"),
+        _timm("dinov2-b", "vit_base_patch14_dinov2", "lvd142m", "DINOv2 ViT-B/14"),
+        _timm("dinov2-l", "vit_large_patch14_dinov2", "lvd142m", "DINOv2 ViT-L/14"),
+        _timm("dinov2-g", "vit_giant_patch14_dinov2", "lvd142m", "DINOv2 ViT-g/14"),
+        _timm("dinov2-s-reg", "vit_small_patch14_reg4_dinov2", "lvd142m", "DINOv2 ViT-S/14 with 4 registers"),
+        _timm("dinov2-b-reg", "vit_base_patch14_reg4_dinov2", "lvd142m", "DINOv2 ViT-B/14 with 4 registers"),
+        _timm("dinov2-l-reg", "vit_large_patch14_reg4_dinov2", "lvd142m", "DINOv2 ViT-L/14 with 4 registers"),
+        _timm("dinov2-g-reg", "vit_giant_patch14_reg4_dinov2", "lvd142m", "DINOv2 ViT-g/14 with 4 registers"),
+        _timm("siglip-b16", "vit_base_patch16_siglip_224", "webli", "SigLIP ViT-B/16 (WebLI), no CLS token"),
+    ]
+}
+
+
+def library_models(source: str) -> list[str]:
+    """Every architecture name the library itself knows (imports it; used for suggestions)."""
+    from sa._compat import ensure_torchvision
+
+    tv = ensure_torchvision()
+    if source == "open_clip":
+        import open_clip
+
+        return list(open_clip.list_models())
+    if source == "timm":
+        import timm
+
+        return list(timm.list_models())
+    return list(tv.models.list_models())
+
+
+def _unknown(name: str, candidates: list[str], what: str) -> SAError:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return SAError(f"Unknown {what} {name!r}.{hint} Run `sa backbones` for the list.")
+
+
+def resolve(name: str, *, check: bool = True) -> BackboneSpec:
+    """Turn an alias or `open_clip:ARCH[:TAG]` / `timm:NAME[.TAG]` / `torchvision:NAME[:WEIGHTS]` into a spec.
+
+    With `check`, generic names are checked against the library's model list (the
+    error suggests the closest names, as it does for unknown aliases).
+    """
+    if name in ALIASES:
+        return ALIASES[name]
+    if ":" not in name:
+        generic = [f"{s}:" for s in SOURCES]
+        raise _unknown(name, list(ALIASES) + generic, "backbone")
+    source, _, rest = name.partition(":")
+    if source not in SOURCES:
+        raise _unknown(source, list(SOURCES), "backbone library")
+    if not rest:
+        raise SAError(f"Backbone {name!r} names no architecture; write e.g. {source}:ARCH.")
+    if source == "timm":
+        arch, _, tag = rest.partition(".")
+    else:
+        arch, _, tag = rest.partition(":")
+    spec = BackboneSpec(name, source, arch, tag or None, f"{source} {rest}")
+    if check:
+        known = library_models(source)
+        if arch not in known:
+            raise _unknown(arch, known, f"{source} architecture")
+    return spec
