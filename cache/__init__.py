@@ -1,0 +1,41 @@
+"""The feature cache: one zarr v3 group of float16 features per (image set, backbone run).
+
+`from sa.cache import open_root` and see docs/internals.md ("sa.cache") for the
+API. Heavy modules (zarr) load on first use so `sa --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+ENV_VAR = "SA_CACHE"
+DEFAULT_ROOT = "~/.cache/sa/features"
+
+__all__ = [
+    "CacheRoot", "FeatureGroup", "FeatureWriter", "GroupInfo", "GroupLocked", "VerifyFailed", "CorruptChunk",
+    "default_root", "open_root", "export_group", "import_group",
+]
+
+_LAZY = {
+    "CacheRoot": "sa.cache.store", "FeatureGroup": "sa.cache.store", "FeatureWriter": "sa.cache.store",
+    "open_root": "sa.cache.store", "GroupInfo": "sa.cache.manifest", "GroupLocked": "sa.cache.lock",
+    "VerifyFailed": "sa.cache.verify", "CorruptChunk": "sa.cache.read",
+    "export_group": "sa.cache.export", "import_group": "sa.cache.export",
+}
+
+
+def default_root() -> str:
+    """The cache root used when none is given: $SA_CACHE, else ~/.cache/sa/features (the one place this is defined)."""
+    return os.environ.get(ENV_VAR) or os.path.expanduser(DEFAULT_ROOT)
+
+
+def __getattr__(name: str) -> Any:
+    """Import API names from their modules on first access."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sa.cache' has no attribute {name!r}")
