@@ -1,0 +1,125 @@
+"""One aligner per run, and many same-shaped aligners stacked into one vmapped model.
+
+A `Stack` holds the parameters of L runs as tensors with a leading run axis
+and evaluates all of them in one call through torch.func.functional_call +
+vmap: the brain batch is shared (in_dims=None), so each Linear becomes one
+wide matmul. Image projectors of different input widths are zero-padded to
+the widest; padded columns see zero inputs, get zero gradients and stay zero
+under AdamW, so every run computes exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from sa.train.loss import ClipLoss, clip_loss
+
+
+class AlignModel(nn.Module):
+    """Brain encoder + image projector (or identity) + CLIP loss scale: one trained run."""
+
+    def __init__(self, encoder: nn.Module, feat_dim: int, embed_dim: int, image_proj: bool = True,
+                 temperature: float = 0.07, learn_temperature: bool = True) -> None:
+        super().__init__()
+        self.brain = encoder
+        self.image = nn.Linear(feat_dim, embed_dim) if image_proj else nn.Identity()
+        self.loss = ClipLoss(temperature, learn_temperature)
+        self.feat_dim = feat_dim
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """1 / temperature, as trained."""
+        return self.loss.logit_scale
+
+    def encode_brain(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, C, T) trials -> (n, d) embeddings (not normalised)."""
+        return self.brain(x)
+
+    def encode_image(self, feats: torch.Tensor) -> torch.Tensor:
+        """(n, D) cached image features -> (n, d) embeddings (not normalised)."""
+        return self.image(feats)
+
+    def forward(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The symmetric InfoNCE loss of a batch of paired trials and features."""
+        return clip_loss(self.brain(x), self.image(feats), self.loss.logit_scale)
+
+
+def _pad_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Zero-pad `t` at the end of each axis up to `shape`."""
+    if t.shape == shape:
+        return t
+    pad: list[int] = []
+    for have, want in zip(reversed(t.shape), reversed(shape)):
+        pad += [0, want - have]
+    return F.pad(t, pad)
+
+
+class Stack:
+    """L AlignModels of one architecture as stacked tensors, run together with vmap."""
+
+    def __init__(self, models: Sequence[AlignModel], device: torch.device) -> None:
+        widest = max(models, key=lambda m: m.feat_dim)
+        self.feat_dims = [m.feat_dim for m in models]
+        self.width = widest.feat_dim
+        self.base = copy.deepcopy(widest).to("meta")
+        self.device = device
+        states = [dict(m.named_parameters()) for m in models]
+        shapes = dict(widest.named_parameters())
+        self.params = {k: torch.stack([_pad_to(s[k].detach(), shapes[k].shape) for s in states]).to(device)
+                       .requires_grad_(True) for k in shapes}
+        bufs = [dict(m.named_buffers()) for m in models]
+        self.buffers = {k: torch.stack([b[k] for b in bufs]).to(device) for k in bufs[0]}
+        self._loss = vmap(self._one_loss, in_dims=(0, 0, None, 0), randomness="same")
+        self._brain = vmap(self._one_brain, in_dims=(0, 0, None), randomness="same")
+        self._image = vmap(self._one_image, in_dims=(0, 0, 0), randomness="same")
+
+    def __len__(self) -> int:
+        return len(self.feat_dims)
+
+    def train(self, mode: bool = True) -> None:
+        """Switch dropout / batch norm of the shared structure between training and evaluation."""
+        self.base.train(mode)
+
+    def _one_loss(self, p, b, x, f):
+        return functional_call(self.base, (p, b), (x, f))
+
+    def _one_brain(self, p, b, x):
+        sub = lambda d: {k[6:]: v for k, v in d.items() if k.startswith("brain.")}  # noqa: E731
+        return functional_call(self.base.brain, (sub(p), sub(b)), (x,))
+
+    def _one_image(self, p, b, f):
+        sub = lambda d: {k[6:]: v for k, v in d.items() if k.startswith("image.")}  # noqa: E731
+        return functional_call(self.base.image, (sub(p), sub(b)), (f,))
+
+    def loss(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Per-run losses (L,) for one shared brain batch (B, C, T) and per-run features (L, B, width)."""
+        return self._loss(self.params, self.buffers, x, feats)
+
+    def encode_brain(self, x: torch.Tensor) -> torch.Tensor:
+        """(L, n, d) brain embeddings of shared trials."""
+        return self._brain(self.params, self.buffers, x)
+
+    def encode_image(self, feats: torch.Tensor) -> torch.Tensor:
+        """(L, n, d) image embeddings of per-run (padded) features."""
+        return self._image(self.params, self.buffers, feats)
+
+    def logit_scales(self) -> torch.Tensor:
+        """(L,) current 1 / temperature of each run."""
+        raw = self.params.get("loss.logit_scale_raw", self.buffers.get("loss.logit_scale_raw"))
+        return F.softplus(raw.detach())
+
+    def state_of(self, i: int) -> dict[str, torch.Tensor]:
+        """A detached copy of run i's parameters and buffers, unpadded, on the CPU."""
+        out = {}
+        for k, v in list(self.params.items()) + list(self.buffers.items()):
+            t = v[i].detach()
+            if k == "image.weight":
+                t = t[:, : self.feat_dims[i]]
+            out[k] = t.to("cpu", copy=True)
+        return out
