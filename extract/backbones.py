@@ -398,3 +398,10 @@ def describe(name: Union[str, BackboneSpec]) -> BackboneInfo:
         local=local is not None,
         description=spec.description,
     )
+
+
+def list_backbones(names: Optional[list[str]] = None) -> list[BackboneInfo]:
+    """`describe` for every alias (or for `names`, which may be generic names)."""
+    from sa.extract.registry import ALIASES
+
+    return [describe(n) for n in (names or list(ALIASES))]

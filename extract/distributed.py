@@ -1,0 +1,101 @@
+"""Extraction on a dask.distributed cluster: block-aligned shards written by workers into one group.
+
+The client holds the group's writer lock and finalizes; each worker loads the
+backbone once (kept per process), opens the group with `root.open_writer` (no
+lock) and writes only its own blocks, so writers never share a chunk. A shard
+whose worker dies is rerun by dask (`retries`); blocks it had already written
+are recorded done and simply written again with the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from sa.errors import SAError
+
+_BACKBONES: dict[tuple, Any] = {}  # per worker process: loaded backbones by their load arguments
+SHARD_RETRIES = 3
+
+
+def shard_blocks(blocks: Sequence[int], n_shards: int) -> list[list[int]]:
+    """Split block numbers into at most `n_shards` contiguous, non-empty, block-aligned shards."""
+    blocks = list(blocks)
+    n = max(1, min(n_shards, len(blocks)))
+    size, extra = divmod(len(blocks), n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(blocks[start:stop])
+        start = stop
+    return [s for s in out if s]
+
+
+def _worker_backbone(name: str, weights: Optional[str], random_init: bool, seed: int, image_size: Optional[int], dtype: str, device: str):
+    from sa.extract.backbones import load_backbone
+
+    args = (name, weights, random_init, seed, image_size, dtype, device)
+    if args not in _BACKBONES:
+        _BACKBONES[args] = load_backbone(name, weights=weights, random_init=random_init, seed=seed, image_size=image_size, device=device, dtype=dtype)
+    return _BACKBONES[args]
+
+
+def run_shard(cache_url: str, key: str, blocks: list[int], name: str, weights: Optional[str], random_init: bool, seed: int,
+              image_size: Optional[int], dtype: str, expect_spec: dict, imageset: Any, pools: tuple, batch_size: int, skip_bad: bool) -> list[str]:
+    """On a worker: compute and write `blocks` of group `key`; returns the skipped ids. Refuses a backbone whose key spec differs."""
+    import torch
+
+    from sa.cache import open_root
+    from sa.extract.runner import BlockJob, key_spec, resolve_device, run_blocks
+
+    device = resolve_device("auto")
+    bb = _worker_backbone(name, weights, random_init, seed, image_size, dtype, str(device))
+    spec = key_spec(bb, pools, dtype)
+    if spec != expect_spec:
+        raise SAError(f"worker built {name} differently from the client (libraries or weights differ: {spec} vs {expect_spec}); give workers the same environment.")
+    torch.set_num_threads(1)
+    writer = open_root(cache_url).open_writer(key)
+    try:
+        job = BlockJob(imageset, pools, batch_size, device, skip_bad, num_workers=0)
+        return run_blocks(bb, writer, blocks, job)
+    finally:
+        writer.close()
+
+
+def run_distributed(writer: Any, cache_url: str, name: str, pending: Sequence[int], job: Any, spec: dict, weights: Any,
+                    random_init: bool, seed: int, image_size: Optional[int], dtype: str, scheduler: Optional[str],
+                    n_workers: Optional[int], progress: bool) -> list[str]:
+    """Submit block-aligned shards of `pending` to a dask cluster (`scheduler` address, or a local one of `n_workers`)."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    from sa.progress import make_progress
+
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise SAError(f"--scheduler {scheduler} cannot be reached ({exc}); check the address or use --workers N for a local cluster.") from None
+    else:
+        cluster = LocalCluster(n_workers=int(n_workers or 2), threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+        client = Client(cluster)
+    try:
+        n = max(1, len(client.scheduler_info().get("workers", {})) or int(n_workers or 1))
+        shards = shard_blocks(pending, 2 * n)
+        w = None if weights is None else str(weights)
+        futures = {
+            client.submit(run_shard, cache_url, writer.key, s, name, w, random_init, seed, image_size, dtype, spec,
+                          job.imageset, tuple(job.pools), job.batch_size, job.skip_bad, retries=SHARD_RETRIES, pure=False): s
+            for s in shards
+        }
+        skipped: list[str] = []
+        total = sum(len(range(*writer.block_rows_slice(b).indices(writer.n_rows))) for b in pending)
+        with make_progress("img", disable=not progress) as bar:
+            task = bar.add_task(f"extract {name} on {n} workers", total=total)
+            for fut in as_completed(futures):
+                skipped += fut.result()
+                bar.advance(task, sum(len(range(*writer.block_rows_slice(b).indices(writer.n_rows))) for b in futures[fut]))
+        return skipped
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
