@@ -1,4 +1,191 @@
-"""Placeholder until its issue lands."""
+"""`sa cache ...`: list, inspect, verify, remove, export and import feature cache groups.
+
+Thin wrappers over sa.cache; zarr and h5py load inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from sa.clikit import console, friendly
+
+app = typer.Typer(no_args_is_help=True, help="Inspect, verify, export and share feature caches.")
+
+ROOT_HELP = "Cache root: a folder or an fsspec URL (memory://, s3://...). Default: $SA_CACHE, else ~/.cache/sa/features."
+KEY_HELP = "Group key: '<image-set id>/<backbone key>', a backbone key, or a unique prefix (see `sa cache ls`)."
+
+
+def _root_opt() -> Optional[str]:
+    return typer.Option(None, "--root", "-r", envvar="SA_CACHE", help=ROOT_HELP, show_envvar=True)
+
+
+def _size(nbytes: float) -> str:
+    """Human-readable bytes, e.g. '1.2 GB'."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"
+
+
+def _layers_text(layers: list[str]) -> str:
+    """'00-12 (13)' for contiguous numeric labels, else a short list."""
+    if not layers:
+        return "final only"
+    nums = [int(x) for x in layers if x.isdigit()]
+    if len(layers) == 1:
+        return layers[0]
+    if len(nums) == len(layers) and nums == list(range(nums[0], nums[0] + len(nums))):
+        return f"{layers[0]}-{layers[-1]} ({len(layers)})"
+    return ", ".join(layers[:6]) + (" ..." if len(layers) > 6 else "")
+
+
+def _depth(value: object) -> str:
+    """'depth 0.42' for a numeric depth, '' otherwise."""
+    return f"depth {value:.2f}" if isinstance(value, (int, float)) else ""
+
+
+@app.command("ls")
+@friendly
+def ls_cmd(
+    root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=ROOT_HELP),
+    root: Optional[str] = _root_opt(),
+) -> None:
+    """List the groups under a cache root: image set, backbone, layers, poolings, N, size, status, created."""
+    from rich import box
+    from rich.table import Table
+
+    from sa.cache import open_root
+
+    cache = open_root(root_arg or root, read_only=True)
+    infos = cache.list()
+    if not infos:
+        console.print(f"No feature groups under {cache.url} yet; `sa extract` writes them.")
+        return
+    table = Table(title=f"Feature cache {cache.url}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    for col in ("image set", "backbone", "layers", "poolings", "N", "size", "status", "created"):
+        table.add_column(col, justify="right" if col in ("N", "size") else "left",
+                         no_wrap=col in ("image set", "backbone"))
+    for info in infos:
+        status = "[green]complete[/]" if info.status == "complete" else "[yellow]partial[/]"
+        table.add_row(info.image_set_id, info.backbone_key, _layers_text(info.layers), ",".join(info.pools) or "-",
+                      f"{info.n:,}", _size(info.nbytes), status, info.created[:10])
+    console.print(table)
+
+
+@app.command("info")
+@friendly
+def info_cmd(
+    key: str = typer.Argument(..., help=KEY_HELP),
+    root: Optional[str] = _root_opt(),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw manifest as JSON."),
+) -> None:
+    """Show a group's manifest: backbone, weights, transform, layers, arrays and digests."""
+    from rich.pretty import Pretty
+    from rich.table import Table
+
+    from sa.cache import open_root
+
+    info = open_root(root, read_only=True).info(key)
+    if as_json:
+        typer.echo(json.dumps(info.manifest, indent=2, sort_keys=True))
+        return
+    m = info.manifest
+    table = Table(show_header=False, title=f"{info.key}  ({info.status}, {_size(info.nbytes)})", title_justify="left")
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for field in ("backbone", "key_spec", "transform", "image_size", "dtype", "device", "n", "block_rows", "pools",
+                  "image_root", "created", "completed", "libraries", "sa_version"):
+        if field in m:
+            value = m[field]
+            table.add_row(field, Pretty(value) if isinstance(value, (dict, list)) else str(value))
+    layers = m.get("layers") or []
+    table.add_row("layers", "\n".join(
+        "  ".join(str(v) for v in (x.get("label"), x.get("module"), _depth(x.get("depth"))) if v not in (None, ""))
+        for x in layers) or "-")
+    if m.get("skipped"):
+        table.add_row("skipped", f"{len(m['skipped'])} unreadable image(s), e.g. {m['skipped'][0]}")
+    arrays = m.get("arrays") or {}
+    table.add_row("arrays", "\n".join(
+        f"{n}  {tuple(a.get('shape', []))}  {a.get('dtype', '')}  {str(a.get('digest', '-'))[:19]}" for n, a in arrays.items()))
+    console.print(table)
+
+
+@app.command("verify")
+@friendly
+def verify_cmd(
+    key: Optional[str] = typer.Argument(None, help=KEY_HELP + " Omit to verify every complete group."),
+    root: Optional[str] = _root_opt(),
+) -> None:
+    """Recompute every array digest and name the corrupted arrays (exit status 1 if any)."""
+    from sa.cache import open_root
+    from sa.cache.verify import VerifyFailed
+
+    cache = open_root(root, read_only=True)
+    keys = [cache.resolve(key)] if key else [i.key for i in cache.list() if i.status == "complete"]
+    if not keys:
+        console.print(f"No complete groups to verify under {cache.url}.")
+        return
+    failed: dict[str, list[str]] = {}
+    for k in keys:
+        bad = cache.verify(k, progress=True)
+        if bad:
+            failed[k] = bad
+            console.print(f"[red]FAIL[/] {k}: {len(bad)} corrupted array(s): {', '.join(bad)}", highlight=False)
+        else:
+            console.print(f"[green]ok[/]   {k}", highlight=False)
+    if failed:
+        names = "; ".join(f"{k}: {', '.join(v)}" for k, v in failed.items())
+        raise VerifyFailed(f"{sum(map(len, failed.values()))} array(s) failed verification ({names}); "
+                           f"remove the group(s) with `sa cache rm KEY` and extract again, or re-import a good export.")
+
+
+@app.command("rm")
+@friendly
+def rm_cmd(
+    key: str = typer.Argument(..., help=KEY_HELP),
+    root: Optional[str] = _root_opt(),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Remove even while a live writer holds the group's lock."),
+) -> None:
+    """Delete one group (asks first unless --yes)."""
+    from sa.cache import open_root
+
+    cache = open_root(root)
+    full = cache.resolve(key)
+    if not yes and not typer.confirm(f"Delete cache group {full} under {cache.url}?"):
+        raise typer.Exit(1)
+    cache.remove(full, force=force)
+    console.print(f"Removed {full}.", highlight=False)
+
+
+@app.command("export")
+@friendly
+def export_cmd(
+    key: str = typer.Argument(..., help=KEY_HELP),
+    out: Path = typer.Argument(..., help="HDF5 file to write, e.g. features.h5."),
+    root: Optional[str] = _root_opt(),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Write a complete group to one HDF5 file (same arrays; manifest as the JSON attribute 'sa_manifest')."""
+    from sa.cache.export import export_group
+
+    path = export_group(root, key, out, overwrite=overwrite)
+    console.print(f"Wrote {path}.", highlight=False)
+
+
+@app.command("import")
+@friendly
+def import_cmd(
+    file: Path = typer.Argument(..., help="HDF5 file written by `sa cache export`."),
+    root: Optional[str] = _root_opt(),
+) -> None:
+    """Restore a group from an HDF5 export; it is marked complete only if every digest matches."""
+    from sa.cache.export import import_group
+
+    group = import_group(file, root)
+    console.print(f"Imported {group.key} into {group.root.url} ({group.n_rows:,} rows, {len(group.arrays)} arrays).", highlight=False)

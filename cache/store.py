@@ -182,8 +182,13 @@ class CacheRoot:
         if len(matches) > 1:
             raise SAError(f"cache key {key!r} matches {len(matches)} groups under {self.url} ({', '.join(matches[:5])}); "
                           f"give the full '<image-set id>/<backbone key>'.")
-        names = keys + [k.split("/", 1)[1] for k in keys]
-        close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.5)
+        by_name = {k: k for k in keys}
+        for k in keys:
+            bkey = k.split("/", 1)[1]
+            by_name.setdefault(bkey, bkey)
+            by_name.setdefault(bkey.rsplit("-", 1)[0], bkey)
+        close = difflib.get_close_matches(wanted, list(by_name), n=3, cutoff=0.5)
+        close = list(dict.fromkeys(by_name[c] for c in close))
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise SAError(f"no cache group {key!r} under {self.url}; {hint}`sa cache ls --root {self.url}` lists the groups.")
 
