@@ -333,16 +333,21 @@ def to_markdown(summaries: Sequence[BackboneSummary]) -> str:
 
 
 def rich_tables(summaries: Sequence[BackboneSummary]) -> list[Any]:
-    """The summary tables as rich Tables, one per dataset, fold and encoder."""
+    """The summary tables as rich Tables (one per dataset, fold and encoder), compact enough for 80 columns."""
+    from rich import box
     from rich.table import Table
 
     tables = []
+    header = ["backbone", "params", "blocks", "best l", "best\ntop-1/top-5", "final\ntop-1/top-5", "gain"]
     for (dataset, fold), sec in sections(summaries).items():
         for encoder, group in by_encoder(sec).items():
-            t = Table(title=f"{dataset} · {FOLD_TITLES.get(fold, fold)} · {encoder}", caption=spread_note(group), caption_justify="left")
-            for i, h in enumerate(summary_header()):
-                t.add_column(h, justify="left" if i == 0 else "right", no_wrap=i != 0)
+            t = Table(title=f"{dataset} · {FOLD_TITLES.get(fold, fold)} · {encoder}", caption=spread_note(group),
+                      caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)  # fmt: skip
+            for h in header:
+                t.add_column(h, justify="left" if h == "backbone" else "right", no_wrap=True)
             for s in group:
-                t.add_row(*summary_cells(s))
+                cells = summary_cells(s)
+                final = f"{s.final.top1.fmt()}\n{s.final.top5.fmt()}" if s.final and s.final.top1.n else "–"
+                t.add_row(*cells[:4], f"{s.best.top1.fmt()}\n{s.best.top5.fmt()}", final, cells[7])
             tables.append(t)
     return tables
