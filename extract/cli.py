@@ -1,6 +1,66 @@
-"""Placeholder until its issue lands."""
+"""`sa extract` and `sa backbones`: thin typer wrappers over sa.extract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from sa.clikit import console, err_console, friendly
+
+
+@friendly
+def extract_cmd(
+    backbone: List[str] = typer.Option(..., "--backbone", "-b", help="Alias (see `sa backbones`) or open_clip:ARCH[:TAG], timm:NAME[.TAG], torchvision:NAME. Repeat for several."),
+    images: Path = typer.Option(..., "--images", "-i", help="Image folder (recursive; THINGS training_images/test_images understood) or a text file of image paths."),
+    cache: Optional[str] = typer.Option(None, "--cache", help="Cache root (path or fsspec URL). Default: $SA_CACHE or ~/.cache/sa/features."),
+    weights: Optional[List[Path]] = typer.Option(None, "--weights", help="Local checkpoint (.pt/.pth/.bin/.safetensors) instead of the hub; one per --backbone."),
+    random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights (for tests; recorded in the key)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
+    pool: Optional[List[str]] = typer.Option(None, "--pool", help="cls, mean (patch tokens) or gap (CNN maps); repeat. Default: all that apply."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input resolution (default: the backbone's own); recorded in the key."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="fp32, bf16, fp16 or auto (bf16 where the hardware has it natively)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Store NaN rows for unreadable images (listed in the manifest) instead of stopping."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader decode processes (default: spare cores, at most 8)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address: shard the images over its workers."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Start a local dask cluster of N single-thread worker processes."),
+    wait: bool = typer.Option(False, "--wait", help="If another process is writing the same group, wait for it instead of stopping."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Run backbones once over an image set and cache the pooled output of every layer."""
+    from sa.extract.runner import extract
+
+    groups = extract(
+        images, backbone, cache, weights=(weights[0] if weights and len(weights) == 1 else weights) or None,
+        random_init=random_init, seed=seed, pools=pool or None, image_size=image_size, batch_size=batch_size,
+        device=device, dtype=dtype, skip_bad=skip_bad, num_workers=num_workers, scheduler=scheduler,
+        n_workers=workers, wait=wait, progress=progress, log=lambda m: err_console.print(m, highlight=False),
+    )
+    for g in groups:
+        skipped = len(g.manifest.get("skipped") or [])
+        console.print(f"{g.key}  {g.n_rows} images  {len(g.arrays)} arrays" + (f"  ({skipped} skipped)" if skipped else ""), highlight=False)
+
+
+@friendly
+def backbones_cmd(
+    name: Optional[List[str]] = typer.Argument(None, help="Backbones to describe (default: every alias)."),
+) -> None:
+    """List backbones: blocks, width, parameters, pretrained tag and whether the weights are in the local cache."""
+    from rich.table import Table
+
+    from sa.extract.backbones import list_backbones
+
+    table = Table("name", "source", "blocks", "width", "params", "pretrained", "local")
+    for info in list_backbones(list(name) if name else None):
+        table.add_row(info.name, info.generic, str(info.blocks), str(info.width), f"{info.params / 1e6:,.1f} M",
+                      info.pretrained, "yes" if info.local else "no")
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `extract` and `backbones` to the root app."""
+    app.command("extract", help=extract_cmd.__doc__)(extract_cmd)
+    app.command("backbones", help=backbones_cmd.__doc__)(backbones_cmd)
