@@ -2,7 +2,8 @@
 
 Choice: the lock is one object, `<group>/writer.lock`, created with an atomic
 exclusive create (fsspec mode "xb": O_EXCL on local disks, conditional put on
-object stores that support it). It holds JSON {host, pid, user, since,
+object stores that support it; check-then-write plus reading the token back
+on backends without it). It holds JSON {host, pid, user, since,
 refreshed, token}. The holder rewrites it on every `write_block` (refresh)
 and checks the token is still its own, so a writer whose lock was broken stops
 instead of writing on. A lock counts as stale, and is broken by the next
@@ -108,6 +109,12 @@ class WriterLock:
         except FileExistsError:
             self.token = None
             return False
+        except (NotImplementedError, ValueError):
+            # A backend without exclusive create: check-then-write; acquire() reads the token back.
+            if self.fs.exists(self.path):
+                self.token = None
+                return False
+            self.fs.pipe_file(self.path, payload)
         return True
 
     def _read_settled(self) -> dict[str, Any] | None:

@@ -1,0 +1,69 @@
+"""Digests catch corrupted chunks; HDF5 export/import restores an identical group."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from test_cache_support import BKEY, ISET, full_data, write_group
+
+from sa.cache import CorruptChunk, export_group, import_group, open_root
+from sa.errors import SAError
+
+KEY = f"{ISET}/{BKEY}"
+
+
+def _chunk(root_dir, name: str, block: int):
+    return root_dir / ISET / BKEY / name / "c" / str(block) / "0"
+
+
+def test_verify_names_flipped_and_undecodable_arrays(tmp_path):
+    root = open_root(tmp_path)
+    write_group(root)
+    assert root.verify(KEY, progress=False) == []
+    path = _chunk(tmp_path, "mean/01", 2)
+    raw = bytearray(path.read_bytes())
+    raw[1001] ^= 0x40
+    path.write_bytes(bytes(raw))
+    _chunk(tmp_path, "final", 5).write_bytes(b"\x00" * 10)  # truncated: no longer decodes
+    assert root.verify(KEY, progress=False) == ["mean/01", "final"]
+    with pytest.raises(CorruptChunk, match=r"array 'final' .* corrupted chunk 5 .*sa cache verify"):
+        root.open(KEY).read("final")
+    assert path.exists()  # nothing deleted
+
+
+def test_verify_refuses_partial_groups(tmp_path):
+    root = open_root(tmp_path)
+    write_group(root, blocks=[0], finalize=False).close()
+    with pytest.raises(SAError, match="partial"):
+        root.verify(KEY, progress=False)
+
+
+def test_export_import_round_trip(tmp_path):
+    group = write_group(open_root(tmp_path / "a"))
+    out = export_group(tmp_path / "a", BKEY, tmp_path / "g.h5", progress=False)
+    with h5py.File(out, "r") as h5:
+        assert h5["cls/01"].dtype == np.float16 and h5["cls/01"].shape == group.read("cls/01").shape
+        assert '"status": "complete"' in h5.attrs["sa_manifest"]
+    restored = import_group(out, tmp_path / "b", progress=False)
+    assert restored.key == group.key
+    assert restored.manifest["arrays"] == group.manifest["arrays"]
+    assert restored.manifest["created"] == group.manifest["created"]
+    for name, arr in full_data().items():
+        np.testing.assert_array_equal(restored.read(name), arr)
+    assert import_group(out, tmp_path / "b", progress=False).key == group.key  # idempotent
+    with pytest.raises(SAError, match="already exists"):
+        export_group(tmp_path / "a", BKEY, out, progress=False)
+
+
+def test_import_of_damaged_export_stays_partial(tmp_path):
+    write_group(open_root(tmp_path / "a"))
+    out = export_group(tmp_path / "a", BKEY, tmp_path / "g.h5", progress=False)
+    with h5py.File(out, "r+") as h5:
+        h5["final"][3, 3] = 7.0
+    with pytest.raises(SAError, match="final.*stays partial"):
+        import_group(out, tmp_path / "b", progress=False)
+    assert open_root(tmp_path / "b").status(KEY) == "partial"
+    (tmp_path / "plain.h5").write_bytes(b"not hdf5")
+    with pytest.raises(SAError, match="not an HDF5 file"):
+        import_group(tmp_path / "plain.h5", tmp_path / "b", progress=False)
