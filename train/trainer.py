@@ -190,7 +190,7 @@ def _train_group(members: list[RunSpec], cfg: TrainConfig, data: dict, device: t
         shuffle_seed, dropout_seed = np.random.SeedSequence(seed).generate_state(2)
         shuffler = torch.Generator().manual_seed(int(shuffle_seed))
         torch.manual_seed(int(dropout_seed))
-        opt = torch.optim.AdamW(list(stack.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(list(stack.params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         tr_feats = [data["train_feats"][r.layer] for r in members]
         va_feats = [data["val_feats"][r.layer] for r in members] if data["val_x"] is not None else None
         x_all, n = data["train_x"], len(data["train_x"])
