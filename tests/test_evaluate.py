@@ -1,0 +1,61 @@
+"""Retrieval metrics against brute-force references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sa.errors import SAError
+from sa.train.evaluate import kway_accuracy, retrieval_metrics
+
+
+def brute_kway(sims: np.ndarray, targets: np.ndarray, k: int, seed: int) -> float:
+    """Row by row: the same seeded draw of k-1 non-target columns, then a plain comparison loop."""
+    n, m = sims.shape
+    order = np.argsort(np.random.default_rng(seed).random((n, m - 1)), axis=1)
+    hits = 0
+    for r in range(n):
+        others = [j for j in range(m) if j != targets[r]]
+        distractors = [others[p] for p in order[r, : k - 1]]
+        hits += all(sims[r, targets[r]] > sims[r, j] for j in distractors)
+    return 100.0 * hits / n
+
+
+def test_kway_matches_brute_force():
+    rng = np.random.default_rng(0)
+    sims = rng.standard_normal((30, 12))
+    targets = rng.integers(0, 12, 30)
+    for k in (2, 4, 10, 12):
+        assert kway_accuracy(sims, targets, k, seed=5) == pytest.approx(brute_kway(sims, targets, k, 5))
+
+
+def test_kway_distractors_are_distinct_and_exclude_target():
+    sims = np.eye(6)  # target always scores 1, others 0: every draw is a hit
+    assert kway_accuracy(sims, np.arange(6), 6, seed=1) == 100.0
+    sims2 = -np.eye(6)  # target always worst: every draw is a miss
+    assert kway_accuracy(sims2, np.arange(6), 2, seed=1) == 0.0
+
+
+def test_topk_and_mean_rank_by_hand():
+    gallery = torch.eye(4)
+    brain = torch.tensor([[1.0, 0, 0, 0], [1.0, 0.5, 0, 0], [0, 0, 0.1, 1.0], [0, 0, 0, 1.0]])
+    m = retrieval_metrics(brain, gallery, ks=(2, 4, 10))
+    # ranks: 1, 2, 2, 1
+    assert m["top1"] == 50.0 and m["top5"] == 100.0 and m["mean_rank"] == 1.5
+    assert "k10" not in m and m["k4"] == 50.0
+    m2 = retrieval_metrics(brain.numpy(), gallery.numpy(), targets=[0, 0, 3, 3])
+    assert m2["top1"] == 100.0 and m2["mean_rank"] == 1.0
+
+
+def test_kway_is_seeded():
+    rng = np.random.default_rng(1)
+    b, g = rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
+    assert retrieval_metrics(b, g, seed=3) == retrieval_metrics(b, g, seed=3)
+
+
+def test_bad_targets_raise():
+    with pytest.raises(SAError, match="targets"):
+        retrieval_metrics(np.ones((3, 2)), np.ones((4, 2)))
+    with pytest.raises(SAError, match="targets"):
+        retrieval_metrics(np.ones((3, 2)), np.ones((4, 2)), targets=[0, 1, 9])
