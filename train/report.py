@@ -156,9 +156,9 @@ def plot_best_vs_final(group: Sequence[BackboneSummary], path: Path) -> Path:
             bm = [b.mean for b in best]
             fm = [f.mean if f else np.nan for f in final]
             err_kw = {"capsize": 3, "error_kw": {"elinewidth": 1}}
-            ax.bar(x - width / 2, bm, width, yerr=[np.nan_to_num(b.sd) for b in best], color=BEST_COLOR,
+            ax.bar(x - width / 2, bm, width, yerr=_yerr([b.sd for b in best]), color=BEST_COLOR,
                    label="best layer (chosen on validation)", **err_kw)  # fmt: skip
-            ax.bar(x + width / 2, fm, width, yerr=[np.nan_to_num(f.sd) if f else 0 for f in final], color=FINAL_COLOR,
+            ax.bar(x + width / 2, fm, width, yerr=_yerr([f.sd if f else np.nan for f in final]), color=FINAL_COLOR,
                    label="final layer", **err_kw)  # fmt: skip
             for xi, b, f in zip(x, bm, fm):  # values written inside the bars' feet, clear of the error bars
                 for dx, v in ((-width / 2, b), (width / 2, f)):
@@ -175,6 +175,11 @@ def plot_best_vs_final(group: Sequence[BackboneSummary], path: Path) -> Path:
         return _save(fig, path)
 
 
+def _yerr(sds: Sequence[float]) -> list[float] | None:
+    """Error bar half-lengths, or None (no bars) when no sd is known (a single subject and seed)."""
+    return None if all(np.isnan(v) for v in sds) else [float(np.nan_to_num(v)) for v in sds]
+
+
 # -- (3) scaling -----------------------------------------------------------------------------
 
 
@@ -184,6 +189,22 @@ def scaling_fits(group: Sequence[BackboneSummary]) -> tuple[ScalingFit | None, S
     best = scaling_fit(params, [s.best.top1.mean for s in group])
     final = scaling_fit(params, [s.final.top1.mean if s.final else np.nan for s in group])
     return best, final
+
+
+def _log_limits(log_x: Sequence[float]) -> tuple[float, float]:
+    """x limits in log10 units around the points, at least half a decade wide."""
+    lo, hi = min(log_x), max(log_x)
+    pad = max(0.15, 0.08 * (hi - lo), (0.5 - (hi - lo)) / 2)
+    return lo - pad, hi + pad
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Round parameter counts (1, 2, 3, 5 x 10^k) inside [10^lo, 10^hi]: the sparsest set giving at least 3 ticks."""
+    for mults in ((1,), (1, 3), (1, 2, 5), (1, 2, 3, 5)):
+        ticks = [m * 10.0**k for k in range(math.floor(lo), math.ceil(hi) + 1) for m in mults if lo <= math.log10(m * 10.0**k) <= hi]
+        if len(ticks) >= 3:
+            return ticks
+    return ticks
 
 
 def _fit_text(fit: ScalingFit | None, n: int) -> str:
@@ -199,6 +220,7 @@ def plot_scaling(group: Sequence[BackboneSummary], path: Path) -> Path:
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8.2, 4.8), layout="constrained")
         n = sum(1 for s in group if s.params)
+        all_x: list[float] = []
         for which, fit, color, marker in (("best", fits[0], BEST_COLOR, "o"), ("final", fits[1], FINAL_COLOR, "s")):
             pts = [(s, s.best if which == "best" else s.final) for s in group if s.params]
             pts = [(s, ls) for s, ls in pts if ls is not None and ls.top1.n > 0]
@@ -206,8 +228,10 @@ def plot_scaling(group: Sequence[BackboneSummary], path: Path) -> Path:
                 continue
             lx = np.log10([s.params for s, _ in pts])
             y = np.array([ls.top1.mean for _, ls in pts])
-            ax.errorbar(lx, y, yerr=np.nan_to_num([ls.top1.sd for _, ls in pts]), fmt=marker, color=color, capsize=3,
-                        markersize=6, label=f"{which} layer: {_fit_text(fit, len(pts))}")  # fmt: skip
+            label = f"{which} layer" + (f": r = {fit.r:.2f}, p = {fit.p:.2g}" if fit else "")
+            ax.errorbar(lx, y, yerr=_yerr([ls.top1.sd for _, ls in pts]), fmt=marker, color=color, capsize=3,
+                        markersize=6, label=label)  # fmt: skip
+            all_x.extend(lx)
             if fit is not None:
                 xs = np.linspace(lx.min() - 0.1, lx.max() + 0.1, 50)
                 ax.plot(xs, fit.intercept + fit.slope * xs, color=color, linewidth=1.3, linestyle="-" if which == "best" else "--")
@@ -217,9 +241,13 @@ def plot_scaling(group: Sequence[BackboneSummary], path: Path) -> Path:
                     up = k % 2 == 0
                     ax.annotate(pts[i][0].backbone, (lx[i], y[i]), xytext=(6, 7 if up else -12), textcoords="offset points",
                                 fontsize=8, va="bottom" if up else "top")  # fmt: skip
-        lo, hi = ax.get_xlim()
-        ticks = [t for t in range(int(math.floor(lo)), int(math.ceil(hi)) + 1) if lo <= t <= hi]
-        ax.set_xticks(ticks, [fmt_params(int(10**t)) for t in ticks])
+        if all_x:
+            lo, hi = _log_limits(all_x)
+            ax.set_xlim(lo, hi)
+            ticks = _log_ticks(lo, hi)
+            ax.set_xticks(np.log10(ticks), [fmt_params(int(t)) for t in ticks])
+        if fits[0] is None:
+            ax.text(0.02, 0.03, _fit_text(None, n), transform=ax.transAxes, fontsize=9, color="0.35")
         ax.set_xlabel("backbone parameters (log10 scale)")
         ax.set_ylabel("test top-1 (%)")
         ax.set_ylim(0, 100)
@@ -241,12 +269,11 @@ def plot_encoder_grid(section: Sequence[BackboneSummary], path: Path) -> Path:
     full = np.hstack([grid, means])
     cols = backbones + ["mean"]
     with plt.rc_context({**STYLE, "axes.grid": False}):
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.95 * len(cols) + 2.6), max(2.4, 0.6 * len(encoders) + 1.8)), layout="constrained")
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(cols) + 2.6), max(3.2, 0.6 * len(encoders) + 2.0)), layout="constrained")
         finite = full[np.isfinite(full)]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
         vmax = vmax if vmax > vmin else vmin + 1
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("#dddddd")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
         im = ax.imshow(np.ma.masked_invalid(full), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
         for i in range(full.shape[0]):
             for j in range(full.shape[1]):
@@ -263,7 +290,7 @@ def plot_encoder_grid(section: Sequence[BackboneSummary], path: Path) -> Path:
         cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
         cb.set_label("best-layer test top-1 (%)")
         s0 = section[0]
-        ax.set_title(f"Encoder × backbone, best-layer test top-1 — {_context(s0.dataset, s0.fold)}")
+        ax.set_title(f"Encoder × backbone: best-layer test top-1\n{_context(s0.dataset, s0.fold)}")
         return _save(fig, path)
 
 
