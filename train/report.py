@@ -105,7 +105,7 @@ def plot_layers(group: Sequence[BackboneSummary], path: Path) -> Path:
     plt = _plt()
     rows, cols = _grid(len(group))
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.4, 2.7 * rows + 0.9), sharey=True, squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(rows, cols, figsize=(max(5.5, 3.3 * cols + 0.4), 2.7 * rows + 0.9), sharey=True, squeeze=False, layout="constrained")
         for ax in axes.flat[len(group):]:
             ax.set_visible(False)
         ymax = 0.0
@@ -136,7 +136,7 @@ def plot_layers(group: Sequence[BackboneSummary], path: Path) -> Path:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         s0 = group[0]
         fig.suptitle(f"Per-layer test top-1 — {_context(s0.dataset, s0.fold, s0.encoder)}")
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels) if cols > 1 else 2, frameon=False)
         return _save(fig, path)
 
 
@@ -252,7 +252,7 @@ def plot_scaling(group: Sequence[BackboneSummary], path: Path) -> Path:
         ax.set_ylabel("test top-1 (%)")
         ax.set_ylim(0, 100)
         s0 = group[0]
-        ax.set_title(f"Scaling — {_context(s0.dataset, s0.fold, s0.encoder)} ({n} backbones)")
+        ax.set_title(f"Scaling — {_context(s0.dataset, s0.fold, s0.encoder)} ({n} backbone{"s" if n != 1 else ""})")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         return _save(fig, path)
 
@@ -366,6 +366,8 @@ def plot_loss_curves(group: Sequence[BackboneSummary], runs: Sequence[Mapping[st
 def _fits_line(group: Sequence[BackboneSummary]) -> str:
     best, final = scaling_fits(group)
     n = sum(1 for s in group if s.params)
+    if best is None:
+        return f"Scaling: {_fit_text(None, n)}."
     return f"Scaling (top-1 on log10 parameters, {n} backbones): best layer {_fit_text(best, n)}; final layer {_fit_text(final, n)}."
 
 

@@ -53,6 +53,8 @@ def _canonical(value: Any) -> Any:
     """A JSON-stable form of a config value: numpy scalars to Python, paths to str, tuples to lists."""
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
         value = value.item()
+    elif hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays
+        value = value.tolist()
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
