@@ -252,7 +252,7 @@ def plot_scaling(group: Sequence[BackboneSummary], path: Path) -> Path:
         ax.set_ylabel("test top-1 (%)")
         ax.set_ylim(0, 100)
         s0 = group[0]
-        ax.set_title(f"Scaling — {_context(s0.dataset, s0.fold, s0.encoder)} ({n} backbone{"s" if n != 1 else ""})")
+        ax.set_title(f"Scaling — {_context(s0.dataset, s0.fold, s0.encoder)} ({n} backbone{'s' if n != 1 else ''})")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         return _save(fig, path)
 
