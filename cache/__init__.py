@@ -15,6 +15,7 @@ DEFAULT_ROOT = "~/.cache/sa/features"
 __all__ = [
     "CacheRoot", "FeatureGroup", "FeatureWriter", "GroupInfo", "GroupLocked", "VerifyFailed", "CorruptChunk",
     "default_root", "open_root", "export_group", "import_group",
+    "push", "pull", "copy_group", "wait_for_complete", "WriterGone",
 ]
 
 _LAZY = {
@@ -22,6 +23,8 @@ _LAZY = {
     "open_root": "sa.cache.store", "GroupInfo": "sa.cache.manifest", "GroupLocked": "sa.cache.lock",
     "VerifyFailed": "sa.cache.verify", "CorruptChunk": "sa.cache.read",
     "export_group": "sa.cache.export", "import_group": "sa.cache.export",
+    "push": "sa.cache.share", "pull": "sa.cache.share", "copy_group": "sa.cache.share",
+    "wait_for_complete": "sa.cache.wait", "WriterGone": "sa.cache.wait",
 }
 
 

@@ -15,7 +15,8 @@ from sa.clikit import console, friendly
 
 app = typer.Typer(no_args_is_help=True, help="Inspect, verify, export and share feature caches.")
 
-ROOT_HELP = "Cache root: a folder or an fsspec URL (memory://, s3://...). Default: $SA_CACHE, else ~/.cache/sa/features."
+ROOT_HELP = ("Cache root: a folder or an fsspec URL (https://, s3://, gs://, memory://; HTTP roots are read-only). "
+             "Default: $SA_CACHE, else ~/.cache/sa/features.")
 KEY_HELP = "Group key: '<image-set id>/<backbone key>', a backbone key, or a unique prefix (see `sa cache ls`)."
 
 
@@ -54,15 +55,20 @@ def _depth(value: object) -> str:
 def ls_cmd(
     root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=ROOT_HELP),
     root: Optional[str] = _root_opt(),
+    scan: bool = typer.Option(False, "--scan", help="List by scanning the folders (shows partial groups) instead of the "
+                              "lab index remote roots use by default; not possible over HTTP."),
 ) -> None:
-    """List the groups under a cache root: image set, backbone, layers, poolings, N, size, status, created."""
+    """List the groups under a cache root: image set, backbone, layers, poolings, N, size, status, created.
+
+    Remote roots read the lab index (sa-index.json, complete groups only); local roots are scanned.
+    """
     from rich import box
     from rich.table import Table
 
     from sa.cache import open_root
 
     cache = open_root(root_arg or root, read_only=True)
-    infos = cache.list()
+    infos = cache.list(use_index=False if scan else None)
     if not infos:
         console.print(f"No feature groups under {cache.url} yet; `sa extract` writes them.")
         return
@@ -189,3 +195,61 @@ def import_cmd(
 
     group = import_group(file, root)
     console.print(f"Imported {group.key} into {group.root.url} ({group.n_rows:,} rows, {len(group.arrays)} arrays).", highlight=False)
+
+
+def _report_copy(report: object, verb: str) -> None:
+    """One line saying what a push/pull did."""
+    if report.already_complete:
+        console.print(f"{report.key} is already complete under {report.dest}; nothing to copy.", highlight=False)
+        return
+    resumed = f", {report.skipped} already there" if report.skipped else ""
+    console.print(f"{verb} {report.key} to {report.dest}: {report.copied} file(s), {_size(report.nbytes)}{resumed}; "
+                  f"digests verified.", highlight=False)
+
+
+@app.command("push")
+@friendly
+def push_cmd(
+    key: str = typer.Argument(..., help=KEY_HELP),
+    dest: str = typer.Argument(..., help="Shared cache root to copy into: a folder, s3://bucket/path, gs://... (not HTTP)."),
+    root: Optional[str] = _root_opt(),
+) -> None:
+    """Copy a complete group from your cache to a shared root, verify its digests there, then mark it complete.
+
+    An interrupted push resumes where it stopped; until it finishes the copy stays partial and nobody reads it.
+    """
+    from sa.cache.share import push
+
+    _report_copy(push(key, dest, root=root, progress=True), "Pushed")
+
+
+@app.command("pull")
+@friendly
+def pull_cmd(
+    key: str = typer.Argument(..., help=KEY_HELP),
+    src: str = typer.Argument(..., help="Shared cache root to copy from: a folder, https://..., s3://bucket/path, gs://..."),
+    root: Optional[str] = _root_opt(),
+) -> None:
+    """Copy a complete group from a shared root into your cache, verify its digests, then mark it complete.
+
+    An interrupted pull resumes where it stopped; until it finishes the copy stays partial.
+    """
+    from sa.cache.share import pull
+
+    report = pull(key, src, root=root, progress=True)
+    _report_copy(report, "Pulled")
+
+
+@app.command("reindex")
+@friendly
+def reindex_cmd(
+    root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=ROOT_HELP),
+    root: Optional[str] = _root_opt(),
+) -> None:
+    """Rebuild the lab index (ROOT/sa-index.json) from the groups themselves; run it where the root can be written."""
+    from sa.cache import open_root
+    from sa.cache.index import INDEX_NAME, rebuild
+
+    cache = open_root(root_arg or root)
+    infos = rebuild(cache)
+    console.print(f"Wrote {cache.loc.display(INDEX_NAME)}: {len(infos)} complete group(s).", highlight=False)

@@ -8,10 +8,12 @@
     <pool>/<label>, final                 (N, D) float16, chunks (block_rows, D), no compression, no sharding
     writer.lock                           see sa.cache.lock
     _progress/<block>                     see sa.cache.blocks (removed when complete)
+<root>/sa-index.json                      the lab index of complete groups (sa.cache.index)
 ```
 
 Readers open zarr with mode "r" and never write, so a read-only root (or a
-later read-only HTTP mirror) works the same.
+read-only HTTP mirror) works the same. Roots that cannot be listed (HTTP) are
+read by known paths only: groups by full key, `list()` from the index.
 """
 
 from __future__ import annotations
@@ -45,15 +47,18 @@ from sa.progress import make_progress
 ROOT_MARKER = "sa-cache.json"
 
 
-def open_root(url_or_path: Any = None, read_only: bool = False) -> "CacheRoot":
-    """Open a cache root (local path or fsspec URL; None = `default_root()`)."""
+def open_root(url_or_path: Any = None, read_only: bool = False, *, storage_options: dict | None = None) -> "CacheRoot":
+    """Open a cache root (local path or fsspec URL; None = `default_root()`); HTTP(S) roots are always read-only.
+
+    `storage_options` go to the fsspec filesystem (e.g. s3 `client_kwargs`).
+    """
     if url_or_path is None:
         from sa.cache import default_root
 
         url_or_path = default_root()
     if isinstance(url_or_path, CacheRoot):
         return url_or_path
-    return CacheRoot(Location.parse(url_or_path, read_only=read_only))
+    return CacheRoot(Location.parse(url_or_path, read_only=read_only, storage_options=storage_options))
 
 
 def _sorted_arrays(names: Sequence[str]) -> list[str]:
@@ -115,6 +120,8 @@ class CacheRoot:
     def _check_is_cache(self) -> bool:
         """False for a root that does not exist yet; True for a cache; SAError for anything else."""
         fs, base = self.loc.fs, self.loc.base
+        if not self.loc.listable:
+            return self._check_unlistable()
         try:
             if not fs.exists(base):
                 return False
@@ -133,6 +140,25 @@ class CacheRoot:
         raise SAError(f"{self.url} is not a feature cache (no {ROOT_MARKER} and no <image-set id>/<backbone key> groups); "
                       f"pass the cache root with --root or set SA_CACHE.")
 
+    def _check_unlistable(self) -> bool:
+        """A root without listing (HTTP) is a cache when its marker or index can be fetched."""
+        from sa.cache.index import INDEX_NAME
+
+        fs = self.loc.fs
+        try:
+            if fs.exists(self.loc.path(ROOT_MARKER)) or fs.exists(self.loc.path(INDEX_NAME)):
+                return True
+        except OSError as exc:
+            raise SAError(f"cannot reach cache root {self.url} ({exc}); check the server is up and the URL is right.") from None
+        raise SAError(f"{self.url} serves no {ROOT_MARKER} or {INDEX_NAME}, so it is not a feature cache root; "
+                      f"point the URL at the served cache folder.")
+
+    def _index_entries(self) -> dict[str, dict] | None:
+        """The lab index entries (None when the root has none)."""
+        from sa.cache.index import read_index
+
+        return read_index(self)
+
     def _manifest_at(self, path: str) -> dict | None:
         """The sa manifest in the zarr.json at `path`, if any."""
         try:
@@ -145,6 +171,12 @@ class CacheRoot:
         """Keys of every group (complete or partial) under the root."""
         if not self._check_is_cache():
             return []
+        if not self.loc.listable:
+            entries = self._index_entries()
+            if entries is None:
+                raise SAError(f"cache root {self.url} cannot be listed and has no index; run `sa cache reindex` on the "
+                              f"folder it serves, or give full '<image-set id>/<backbone key>' keys.")
+            return sorted(entries)
         fs = self.loc.fs
         keys = []
         for iset in sorted(fs.ls(self.loc.base, detail=False)):
@@ -172,6 +204,8 @@ class CacheRoot:
     def resolve(self, key: str) -> str:
         """The full '<image-set id>/<backbone key>' for a full key, a unique backbone key, or a unique prefix."""
         wanted = key.strip().strip("/")
+        if wanted.count("/") == 1 and is_image_set_id(wanted.split("/")[0]) and self._manifest(wanted) is not None:
+            return wanted  # a full key needs no listing (HTTP roots)
         keys = self._keys()
         if wanted in keys:
             return wanted
@@ -205,15 +239,36 @@ class CacheRoot:
         return GroupInfo.from_manifest(full, self._manifest(full) or {}, self._du(full))
 
     def _du(self, key: str) -> int:
-        """Bytes on disk under group `key`."""
+        """Bytes on disk under group `key` (roots without listing: from the index, else the arrays' sizes)."""
+        if not self.loc.listable:
+            entry = (self._index_entries() or {}).get(key)
+            if entry is not None:
+                return int(entry.get("nbytes", 0))
+            arrays = (self._manifest(key) or {}).get("arrays") or {}
+            return sum(2 * int(np.prod(m.get("shape", [0]))) for n, m in arrays.items() if n != IDS_ARRAY)
         try:
             return int(self.loc.fs.du(self._group_path(key)))
         except (OSError, ValueError):
             return 0
 
-    def list(self) -> list[GroupInfo]:
-        """Every group under the root, oldest first."""
-        infos = [GroupInfo.from_manifest(k, self._manifest(k) or {}, self._du(k)) for k in self._keys()]
+    def list(self, *, use_index: bool | None = None) -> list[GroupInfo]:
+        """Every group under the root, oldest first.
+
+        use_index=None: remote roots read the lab index when there is one (one
+        request; complete groups only) and local roots scan the folders (partial
+        groups too); True/False force either way.
+        """
+        from sa.cache.index import info_of
+
+        if use_index is None:
+            use_index = not self.loc.local
+        entries = self._index_entries() if use_index and self._check_is_cache() else None
+        if entries is not None:
+            infos = [info_of(e) for e in entries.values()]
+        else:
+            if use_index and not self.loc.listable:
+                self._keys()  # raises the "no index" error
+            infos = [GroupInfo.from_manifest(k, self._manifest(k) or {}, self._du(k)) for k in self._keys()]
         return sorted(infos, key=lambda i: (i.created, i.key))
 
     def create(self, image_set_id: str, backbone_key: str, ids: Sequence[str], arrays: Mapping[str, int],
@@ -307,6 +362,9 @@ class CacheRoot:
         """Open a complete group for reading; partial or missing groups raise an SAError saying what to do."""
         full = self.resolve(key)
         manifest = self._manifest(full) or {}
+        if manifest.get("status") != "complete" and manifest.get("copying_from"):
+            raise SAError(f"cache group {full} under {self.url} is still being copied from {manifest['copying_from']}, so it "
+                          f"cannot be read; rerun the same `sa cache push`/`pull` to finish it (copied files are kept).")
         if manifest.get("status") != "complete":
             done = len(BlockRecord(self.loc.fs, self._group_path(full)).done())
             total = -(-int(manifest.get("n", 0)) // max(1, int(manifest.get("block_rows", 1))))
@@ -331,6 +389,9 @@ class CacheRoot:
                 fs.rm(parent, recursive=True)
         except OSError as exc:
             raise SAError(f"cannot remove cache group {full} under {self.url} ({exc.strerror or exc}); check the root is writable.") from None
+        from sa.cache import index
+
+        index.forget(self, full)
 
     def verify(self, key: str, *, progress: bool = True) -> list[str]:
         """Recompute every digest of a complete group; return the names of arrays that no longer match."""
@@ -378,7 +439,7 @@ class FeatureGroup:
         if self._group is None:
             import zarr
 
-            self._group = zarr.open_group(self.root.store, path=self.key, mode="r")
+            self._group = zarr.open_group(self.root.store, path=self.key, mode="r", zarr_format=3)
         return self._group
 
     @property
@@ -573,6 +634,9 @@ class FeatureWriter:
         self.manifest = manifest
         self._record.clear()
         self.close()
+        from sa.cache import index
+
+        index.record(self.root, self.key)
         return self.root.open(self.key)
 
     def close(self) -> None:
