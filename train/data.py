@@ -23,7 +23,7 @@ from sa.train.layouts import Layout, detect
 from sa.train.raw import RawSplit, RawSubject, first_bad_trial, sampling_rate
 from sa.train.things import find_image_root, is_image_root, train_dir_name
 
-BLOCK_ROWS = 256  # images read per block: bounds the working memory of averaging and checks
+BLOCK_ROWS = 128  # images read per block: bounds the working memory of averaging and checks
 
 
 @dataclass
@@ -267,9 +267,14 @@ def _scan(raw: RawSubject, split: str, sel: Selection, targets: list[_Target]) -
         if bad is not None:
             raise SAError(f"subject {raw.subject}: {split} image row {start + bad[0]} (repetition {bad[1] + 1}) "
                           f"holds NaN or Inf values in {s.source}; fix or drop that trial.")
+        averaged = block.mean(axis=1, dtype=np.float32) if any(t.average for t in wanted) else None
         for t in wanted:
-            part = block[t.mask[start:stop]]
-            vals = part.mean(axis=1, dtype=np.float32) if t.average else part.reshape(-1, *part.shape[2:]).astype(np.float32, copy=False)
+            mask = t.mask[start:stop]
+            if t.average:
+                vals = averaged if mask.all() else averaged[mask]
+            else:
+                part = block if mask.all() else block[mask]
+                vals = part.reshape(-1, *part.shape[2:]).astype(np.float32, copy=False)
             if t.stats is not None:
                 t.stats.update(vals)
             if t.out is not None:
@@ -280,9 +285,11 @@ def _scan(raw: RawSubject, split: str, sel: Selection, targets: list[_Target]) -
 
 
 def _normalise_inplace(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
-    for start in range(0, len(x), BLOCK_ROWS * 4):
-        part = x[start:start + BLOCK_ROWS * 4].astype(np.float32)
-        x[start:start + BLOCK_ROWS * 4] = (part - mean[:, None]) / std[:, None]
+    """Scale a float32 array per channel in place, block by block (no full-size temporaries)."""
+    for start in range(0, len(x), BLOCK_ROWS):
+        part = x[start:start + BLOCK_ROWS]
+        part -= mean[:, None]
+        part /= std[:, None]
 
 
 def _load(train_raws: list[RawSubject], test_raw: RawSubject, *, channels="all", window=None, average_reps=True,

@@ -84,9 +84,17 @@ def array_split(data: Any, source: str, image_ids=None, concepts=None) -> RawSpl
 
     def read_block(start: int, stop: int, channels: Sequence[int], window: slice) -> np.ndarray:
         block = np.asarray(arr[start:stop])  # a view for memmaps; one block for h5py
-        return block[:, :, list(channels), window]
+        return block[:, :, as_index(channels), window]  # still a view when the channels are a contiguous run
 
     return RawSplit(n, r, c, t, read_block, _str_array(image_ids), _str_array(concepts), source, str(np.dtype(arr.dtype)))
+
+
+def as_index(channels: Sequence[int]) -> slice | list[int]:
+    """A slice for a contiguous increasing run of channel indices (indexing stays a view), else the list."""
+    ch = list(channels)
+    if ch and ch == list(range(ch[0], ch[-1] + 1)):
+        return slice(ch[0], ch[-1] + 1)
+    return ch
 
 
 def indexed_split(read_trials: Callable[[np.ndarray, Sequence[int], slice], np.ndarray], trial_index: np.ndarray,
