@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,13 @@ def test_concurrent_completions_in_two_processes_lose_no_index_entry(tmp_path):
     root_dir = tmp_path / "lab"
     procs = [subprocess.Popen([sys.executable, SCRIPT, str(root_dir), "groups", str(a), str(a + 4)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in (0, 4)]
+    reader, seen = open_root(root_dir, read_only=True), set()
+    while any(p.poll() is None for p in procs):  # a reader meanwhile always sees a whole index that only grows
+        if (root_dir / INDEX_NAME).exists():
+            keys = set(read_index(reader))
+            assert keys >= seen
+            seen = keys
+        time.sleep(0.01)
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and "done" in out, err
