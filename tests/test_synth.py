@@ -106,7 +106,6 @@ def test_cli_check_reports_and_fails_on_problems(tmp_path):
     assert res.exit_code == 1 and "no test file" in res.output
 
 
-@pytest.mark.slow
 def test_synth_with_random_init_backbone_through_the_cache(tmp_path):
     """Wiring through sa.extract + sa.cache with a tiny random-init model; synth.json names the planted layer."""
     opts = SynthOptions(**SMALL, backbone="torchvision:mobilenet_v2", random_init=True, layer="02")

@@ -48,14 +48,16 @@ class CheckReport:
         return not self.problems
 
 
-def _ids_from(raw: RawSubject, image_root) -> str:
+_FOLDER_ORDERED = ("things-eeg2", "things-pickle", "neurobridge")
+
+
+def _ids_from(raw: RawSubject, layout: str) -> str:
+    """Where the subject's image ids came from: the THINGS image folder order, the dataset's own files, or nowhere."""
     if raw.train.image_ids is None:
         return "missing"
-    return "image folder" if image_root is not None and raw.train.source and _folder_order(raw) else "dataset files"
-
-
-def _folder_order(raw: RawSubject) -> bool:
-    return not any(k in raw.train.source for k in (".pt:", ".csv", ".tsv", "epochs", "-epo.fif"))
+    if layout in _FOLDER_ORDERED:
+        return "image folder"
+    return "dataset files"
 
 
 def _scan_subject(raw: RawSubject, problems: list[str], progress) -> None:
@@ -111,7 +113,7 @@ def check_dataset(ds: "BrainDataset", scan: bool = True, progress: bool = False)
                 continue
             summaries.append(SubjectSummary(
                 name, raw.train.shape, raw.test.shape, raw.train.dtype, raw.ch_names, raw.sfreq,
-                float(raw.times[0]), float(raw.times[-1]), _ids_from(raw, ds.image_root), list(raw.notes)))
+                float(raw.times[0]), float(raw.times[-1]), _ids_from(raw, ds.layout), list(raw.notes)))
             problems += _subject_problems(raw, ds)
             if scan:
                 try:
