@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_share_support import BLOCK, ISET, N, WIDTHS, bkey, full_data, http_server, ids, make_group, tree_snapshot
+from test_share_support import ISET, N, bkey, full_data, http_server, ids, make_group, tree_snapshot
 from typer.testing import CliRunner
 
 from sa.cache import open_root
@@ -275,15 +274,19 @@ def test_second_process_waits_for_the_first_and_reuses_its_group(tmp_path):
     from sa.cache import GroupLocked, wait_for_complete
 
     root_dir = tmp_path / "lab"
-    first = subprocess.Popen([sys.executable, SCRIPT, str(root_dir), "slow", "0", "0.8"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    gate = tmp_path / "go"
+    first = subprocess.Popen([sys.executable, SCRIPT, str(root_dir), "slow", "0", "0.05", str(gate)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert first.stdout.readline().startswith("wrote")
     second = subprocess.Popen([sys.executable, SCRIPT, str(root_dir), "wait", "0", "60"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    assert second.stdout.readline().strip() == "locked, waiting"  # the first still holds the lock here
+    assert open_root(root_dir).status(KEY) == "partial"
+    gate.touch()  # let the first finish
     out2, err2 = second.communicate(timeout=90)
     out1, err1 = first.communicate(timeout=90)
     assert first.returncode == 0 and "finalized" in out1, err1
-    assert second.returncode == 0 and "locked, waiting" in out2 and "extracted" not in out2, err2
+    assert second.returncode == 0 and "extracted" not in out2, err2
     root = open_root(root_dir)
     assert out2.strip().splitlines()[-1] == f"reused {root.open(KEY).digest('final')}"
     with pytest.raises(GroupLocked):  # sanity: a held lock makes create fail at once

@@ -94,7 +94,8 @@ def tree_snapshot(path: Path) -> dict[str, tuple[int, int]]:
 
 
 if __name__ == "__main__":
-    # python test_share_support.py ROOT MODE ...: 'slow I DELAY' writes group I slowly then finalizes it;
+    # python test_share_support.py ROOT MODE ...: 'slow I DELAY [GATE]' writes group I slowly, waits for the file GATE,
+    # then finalizes it;
     # 'die I' writes two blocks then exits without finalizing; 'wait I TIMEOUT' tries to create group I,
     # on GroupLocked waits for it to complete, then prints the digest of 'final'; 'groups A B' writes groups A..B-1.
     from sa.cache import GroupLocked, open_root, wait_for_complete
@@ -102,7 +103,12 @@ if __name__ == "__main__":
     root = open_root(sys.argv[1])
     mode = sys.argv[2]
     if mode == "slow":
-        make_group(root, int(sys.argv[3]), delay=float(sys.argv[4]))
+        writer = make_group(root, int(sys.argv[3]), delay=float(sys.argv[4]), finalize=False)
+        gate = Path(sys.argv[5]) if len(sys.argv) > 5 else None
+        deadline = time.monotonic() + 60
+        while gate is not None and not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        writer.finalize()
         print("finalized", flush=True)
     elif mode == "die":
         w = make_group(root, int(sys.argv[3]), finalize=False)
