@@ -1,0 +1,440 @@
+"""The sweep: every (subject or LOSO fold) x backbone x layer x encoder x seed, one results row per run.
+
+`sweep(...)` plans the runs, skips those whose run id is already in runs.csv,
+groups the rest into jobs (one subject/fold x backbone x encoder x seed group),
+and runs each job as one `train_runs` call: the subject's data are loaded once,
+each layer's features read once, every layer of a seed trained as one stack.
+A job's curves and rows are appended as soon as it finishes, so an interrupted
+sweep resumes where it stopped. Jobs run in-process or as dask tasks
+(distributed.py); workers read data and features themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from sa.errors import SAError
+from sa.train.trainer import TrainConfig
+
+# TrainConfig fields that change no trained number, so they stay out of run ids.
+NOT_IN_RUN_ID = ("device", "precision", "encoder", "ks", "eval_seed")
+
+
+@dataclass
+class DataOptions:
+    """How a subject is loaded: channels, time window, single trials, validation share, split seed."""
+
+    channels: str | list[str] = "all"
+    window: tuple[float, float] | None = None
+    single_trials: bool = False
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    layout: str = "auto"
+    image_root: str | None = None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of BrainDataset.load / load_loso."""
+        return {"channels": self.channels, "window": self.window, "average_reps": not self.single_trials,
+                "val_fraction": self.val_fraction, "seed": self.split_seed}
+
+    def id_fields(self) -> dict[str, Any]:
+        """The options that change the data a run sees (for run ids)."""
+        return {"channels": self.channels, "window": None if self.window is None else list(self.window),
+                "single_trials": self.single_trials, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+
+
+@dataclass
+class Job:
+    """One unit of work, picklable and array-free: a subject/fold, a cache group and pool, an encoder, runs."""
+
+    data: str
+    dataset: str
+    subject: str
+    fold: str  # "intra" | "loso"
+    options: DataOptions
+    cache: str  # the cache root URL
+    cache_key: str
+    gallery_key: str | None
+    pool: str
+    encoder: str
+    runs: list[tuple[str, int, str]]  # (layer, seed, run_id)
+    cfg: TrainConfig
+    backbone: dict = field(default_factory=dict)  # name, params, n_blocks, depth per layer
+
+    @property
+    def title(self) -> str:
+        seeds = sorted({s for _, s, _ in self.runs})
+        where = self.subject if self.fold == "intra" else f"LOSO {self.subject}"
+        return f"{where} · {self.backbone.get('name', self.cache_key)} · {self.encoder} · seed {','.join(map(str, seeds))}"
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: the results folder, the summary of its runs, how many runs it trained and skipped."""
+
+    results: Any  # sa.train.results.ResultsDir
+    summary: list  # list[sa.train.summary.BackboneSummary]
+    planned: int
+    trained: int
+    skipped: int
+    run_ids: list[str]
+
+    def rows(self) -> list[dict]:
+        """The runs.csv rows of this sweep's runs."""
+        wanted = set(self.run_ids)
+        return [r for r in self.results.runs() if r["run_id"] in wanted]
+
+
+# ---------------------------------------------------------------- options
+
+
+def parse_seeds(seeds: int | Sequence[int] | str) -> list[int]:
+    """5 -> [0..4]; '0,3,7' or a list -> those seeds."""
+    if isinstance(seeds, str):
+        seeds = int(seeds) if seeds.strip().isdigit() else [int(s) for s in seeds.split(",") if s.strip()]
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise SAError(f"--seeds {seeds} must be at least 1 (the number of seeds), or a list like 0,1,2.")
+        return list(range(seeds))
+    out = list(dict.fromkeys(int(s) for s in seeds))
+    if not out:
+        raise SAError("--seeds lists no seed; give a count (5) or a list (0,1,2).")
+    return out
+
+
+def parse_window(window: str | Sequence[float] | None) -> tuple[float, float] | None:
+    """'0,1' or (0, 1) -> (0.0, 1.0) seconds; None keeps the whole epoch."""
+    if window is None or window == "":
+        return None
+    parts = re.split(r"[,:]", window) if isinstance(window, str) else list(window)
+    try:
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise SAError(f"--window {window!r} is not 'tmin,tmax' in seconds, e.g. 0,1.") from None
+    return lo, hi
+
+
+def parse_names(value: str | Sequence[str]) -> list[str]:
+    """'a,b' or ['a', 'b,c'] -> ['a', 'b', 'c']."""
+    items = [value] if isinstance(value, str) else list(value)
+    return [p.strip() for v in items for p in str(v).split(",") if p.strip()]
+
+
+def canonical_encoder(name: str) -> str:
+    """The registry name of an encoder; SAError listing the known ones."""
+    from sa.train.encoders import ENCODERS
+
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in ENCODERS:
+        raise SAError(f"unknown encoder {name!r}; choose one of {', '.join(sorted(ENCODERS))}.")
+    return key
+
+
+def dataset_name(data: Any) -> str:
+    """The dataset column: the data folder's (or file's) name."""
+    return Path(os.path.abspath(os.fspath(data))).name or "data"
+
+
+def make_run_id(job_fields: dict, layer: str, seed: int, cfg: TrainConfig, options: DataOptions) -> str:
+    """The run's id from its identity and every setting that changes its numbers."""
+    from sa.train.results import run_id
+
+    hyper = {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_RUN_ID}
+    return run_id(**job_fields, layer=layer, seed=seed, hyperparameters=hyper, data_options=options.id_fields())
+
+
+# ---------------------------------------------------------------- planning
+
+
+def select_subjects(ds: Any, subjects: str | int | Sequence[str | int]) -> list[str]:
+    """'all' or a list (names or numbers) -> stored subject names."""
+    if isinstance(subjects, (str, int)) and str(subjects).strip().lower() == "all":
+        return ds.subjects
+    names = parse_names(subjects if not isinstance(subjects, int) else str(subjects))
+    return list(dict.fromkeys(ds.subject_name(s) for s in names))
+
+
+def gallery_key_for(root: Any, gallery: str, group: Any) -> str:
+    """The gallery group for a backbone: --gallery-cache names an image set (id or any of its keys)."""
+    image_set = gallery if re.fullmatch(r"[0-9a-f]{16}", gallery.strip()) else root.resolve(gallery).split("/", 1)[0]
+    key = f"{image_set}/{group.backbone_key}"
+    if root.status(key) != "complete":
+        raise SAError(f"--gallery-cache image set {image_set} has no complete group for backbone {group.backbone_key} "
+                      f"under {root.url}; extract the gallery images with that backbone (sa extract).")
+    return key
+
+
+def dataset_ids(ds: Any, subjects: Sequence[str]) -> list[str]:
+    """Every image id (train and test) of the subjects, for matching the cache."""
+    ids: dict[str, None] = {}
+    for s in subjects:
+        raw = ds.raw(s)
+        for split in (raw.train, raw.test):
+            if split.image_ids is None:
+                raise SAError(f"subject {s}: the rows have no image ids; pass --images pointing at the THINGS image root.")
+            ids.update(dict.fromkeys(str(i) for i in split.image_ids))
+    return list(ids)
+
+
+def plan_jobs(*, data: Any, ds: Any, root: Any, backbones: Sequence[str], layers: str | Sequence[str], pool: str,
+              encoders: Sequence[str], subjects: Sequence[str], seeds: Sequence[int], loso: bool, cfg: TrainConfig,
+              options: DataOptions, gallery_cache: str | None, seeds_per_job: int | None = None) -> list[Job]:
+    """Every job of the sweep (including runs that are already done), in subject-major order."""
+    from sa.train.features import expand_layers, layer_depth, resolve_group, resolve_pool
+
+    ids = dataset_ids(ds, subjects)
+    per = max(1, seeds_per_job or 1)
+    seed_groups = [list(seeds[i:i + per]) for i in range(0, len(seeds), per)]
+    name = dataset_name(data)
+    groups = []
+    for b in backbones:
+        group = resolve_group(root, b, ids)
+        p = resolve_pool(group, pool) if layers != "final" else (pool if pool != "auto" else "")
+        lyr = expand_layers(layers, group, p) if layers != "final" else expand_layers("final", group, p or "mean")
+        bmeta = group.manifest.get("backbone") or {}
+        meta = {"name": bmeta.get("name") or group.backbone_key, "params": bmeta.get("params"),
+                "n_blocks": bmeta.get("n_blocks"), "depth": {lbl: layer_depth(group, lbl) for lbl in lyr}}
+        gkey = gallery_key_for(root, gallery_cache, group) if gallery_cache else None
+        groups.append((group, p, lyr, meta, gkey))
+    jobs = []
+    fold = "loso" if loso else "intra"
+    for subject in subjects:
+        for group, p, lyr, meta, gkey in groups:
+            for enc in encoders:
+                for sg in seed_groups:
+                    fields = {"dataset": name, "subject": subject, "fold": fold, "cache_key": group.key,
+                              "encoder": enc, "gallery": gkey}
+                    runs = [(lbl, s, make_run_id({**fields, "pool": "" if lbl == "final" else p}, lbl, s, cfg, options))
+                            for s in sg for lbl in lyr]
+                    jobs.append(Job(data=os.path.abspath(os.fspath(data)), dataset=name, subject=subject, fold=fold,
+                                    options=options, cache=root.url, cache_key=group.key, gallery_key=gkey, pool=p,
+                                    encoder=enc, runs=runs, cfg=cfg, backbone=meta))
+    return jobs
+
+
+# ---------------------------------------------------------------- running one job
+
+
+class Loader:
+    """Keeps the current subject's data and its feature tables/galleries, so jobs of one subject load once."""
+
+    def __init__(self) -> None:
+        self._data_key: tuple | None = None
+        self._subject: Any = None
+        self._datasets: dict[tuple, Any] = {}
+        self._roots: dict[str, Any] = {}
+        self._tables: dict[tuple, Any] = {}
+
+    def dataset(self, job: Job) -> Any:
+        from sa.train.data import open_dataset
+
+        key = (job.data, job.options.layout, job.options.image_root)
+        if key not in self._datasets:
+            self._datasets[key] = open_dataset(job.data, layout=job.options.layout, image_root=job.options.image_root)
+        return self._datasets[key]
+
+    def root(self, url: str) -> Any:
+        from sa.cache import open_root
+
+        if url not in self._roots:
+            self._roots[url] = open_root(url, read_only=True)
+        return self._roots[url]
+
+    def subject(self, job: Job) -> Any:
+        """The job's SubjectData (or LOSO fold), loaded once while consecutive jobs share it."""
+        key = (job.data, job.subject, job.fold, repr(job.options))
+        if key != self._data_key:
+            self._subject, self._tables, self._data_key = None, {}, None
+            ds = self.dataset(job)
+            load = ds.load_loso if job.fold == "loso" else ds.load
+            self._subject, self._data_key = load(job.subject, **job.options.load_kwargs()), key
+        return self._subject
+
+    def features(self, job: Job) -> tuple[Any, Any]:
+        """(FeatureTable of the subject's images, Gallery) for the job's cache group (per layer read once)."""
+        from sa.train.features import FeatureTable, check_widths, concept_gallery, stimulus_gallery
+
+        subj = self.subject(job)
+        key = (job.cache, job.cache_key)
+        if key not in self._tables:
+            group = self.root(job.cache).open(job.cache_key)
+            ids = np.concatenate([subj.train.image_ids, subj.val.image_ids, subj.test.image_ids])
+            self._tables[key] = FeatureTable(group, ids)
+        table = self._tables[key]
+        layers = sorted({lyr for lyr, _, _ in job.runs})
+        if job.gallery_key:
+            other = self.root(job.cache).open(job.gallery_key)
+            check_widths(table.group, other, job.pool, layers)
+            return table, concept_gallery(other, subj.test, job.pool, layers)
+        return table, stimulus_gallery(table, subj.test, job.pool, layers)
+
+
+def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = False) -> list[tuple[dict, list[dict], Any]]:
+    """Train a job's runs; returns per run (runs.csv row, curves, model or None) in job.runs order."""
+    from sa import __version__
+    from sa.train.features import split_features
+    from sa.train.trainer import RunSpec, train_runs
+
+    loader = loader or Loader()
+    subj = loader.subject(job)
+    table, gallery = loader.features(job)
+    layers = sorted({lyr for lyr, _, _ in job.runs})
+    train_f = split_features(table, subj.train, job.pool, layers)
+    val_f = split_features(table, subj.val, job.pool, layers) if len(subj.val) else None
+    test_f = {lyr: gallery.feats[lyr] for lyr in layers}
+    cfg = TrainConfig(**{**asdict(job.cfg), "encoder": job.encoder})
+    specs = [RunSpec(lyr, seed, job.encoder) for lyr, seed, _ in job.runs]
+    results = train_runs(subj.train.x, train_f, subj.val.x if len(subj.val) else None, val_f, subj.test.x, test_f,
+                         specs, cfg, test_targets=gallery.targets, progress=False)
+    out = []
+    for (lyr, seed, rid), res in zip(job.runs, results):
+        row = {
+            "run_id": rid, "dataset": job.dataset, "subject": job.subject, "fold": job.fold,
+            "backbone": job.backbone.get("name"), "cache_key": job.cache_key, "backbone_params": job.backbone.get("params"),
+            "n_blocks": job.backbone.get("n_blocks"), "pool": "" if lyr == "final" else job.pool, "layer": lyr,
+            "depth": job.backbone.get("depth", {}).get(lyr), "encoder": job.encoder, "encoder_params": res.encoder_params,
+            "image_proj": cfg.image_proj, "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "temperature_init": cfg.temperature,
+            "learn_temperature": cfg.learn_temperature, "temperature_final": res.temperature_final, "select": cfg.select,
+            "best_epoch": res.best_epoch, "top1": res.top1, "top5": res.top5, **{k: res.kway.get(k) for k in ("k2", "k4", "k10", "k50", "k100")},
+            "mean_rank": res.mean_rank, "val_top1": res.val_top1 if len(subj.val) else None,
+            "train_seconds": res.train_seconds, "code_version": __version__,
+        }  # fmt: skip
+        out.append((row, res.curves, res.model if keep_models else None))
+    return out
+
+
+_WORKER_LOADER: Loader | None = None
+
+
+def run_job(job: Job) -> list[tuple[dict, list[dict]]]:
+    """Dask task: train a job on a worker (reading data and features itself); rows and curves, no models."""
+    global _WORKER_LOADER
+    if _WORKER_LOADER is None:
+        _WORKER_LOADER = Loader()
+    return [(row, curves) for row, curves, _ in train_job(job, _WORKER_LOADER)]
+
+
+def record(results: Any, outputs: Iterable[tuple[dict, list[dict]] | tuple[dict, list[dict], Any]]) -> int:
+    """Append each run's curves, then its row (the row marks the run finished); returns the number of rows."""
+    n = 0
+    for item in outputs:
+        row, curves = item[0], item[1]
+        results.append_curves(row["run_id"], curves)
+        results.append_run(row)
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layers: str | Sequence[str] = "all",
+          pool: str = "auto", encoders: str | Sequence[str] = ("eegproject",), subjects: Any = "all",
+          seeds: int | Sequence[int] | str = 5, out: Any = "results", loso: bool = False,
+          gallery_cache: str | None = None, config: TrainConfig | None = None, channels: Any = "all",
+          window: Any = None, single_trials: bool = False, val_fraction: float = 0.1, split_seed: int = 0,
+          layout: str = "auto", image_root: Any = None, scheduler: str | None = None, workers: int | None = None,
+          seeds_per_job: int | None = None, progress: bool = True, console: Any = None,
+          on_job: Callable[[Job, int], None] | None = None) -> SweepResult:
+    """Run (or resume) a sweep and return its summary and results folder.
+
+    config holds the training options (TrainConfig; its encoder is overridden per
+    --encoders). scheduler/workers run jobs as dask tasks; otherwise in-process.
+    """
+    from sa.cache import default_root, open_root
+    from sa.train.data import open_dataset
+    from sa.train.results import ResultsDir
+
+    cfg = config or TrainConfig()
+    if cfg.select == "val" and val_fraction <= 0:
+        raise SAError("--select val needs a validation split; set --val-fraction above 0 or use --select last.")
+    options = DataOptions(channels=channels if isinstance(channels, str) else list(channels), window=parse_window(window),
+                          single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
+                          image_root=None if image_root is None else os.fspath(image_root))
+    ds = open_dataset(data, layout=layout, image_root=image_root)
+    subject_names = select_subjects(ds, subjects)
+    if loso and len(ds.subjects) < 2:
+        raise SAError(f"--loso needs at least two subjects; {data} has only {', '.join(ds.subjects)}.")
+    root = open_root(cache if cache is not None else default_root(), read_only=True)
+    layer_spec = layers if isinstance(layers, str) else ",".join(map(str, layers))
+    jobs = plan_jobs(data=data, ds=ds, root=root, backbones=parse_names(backbones), layers=layer_spec.strip().lower(),
+                     pool=pool, encoders=[canonical_encoder(e) for e in parse_names(encoders)], subjects=subject_names,
+                     seeds=parse_seeds(seeds), loso=loso, cfg=cfg, options=options, gallery_cache=gallery_cache,
+                     seeds_per_job=seeds_per_job)
+    results = ResultsDir(out)
+    done = results.existing_run_ids()
+    all_ids = [rid for j in jobs for _, _, rid in j.runs]
+    todo = [j for j in (_pending(j, done) for j in jobs) if j.runs]
+    n_todo = sum(len(j.runs) for j in todo)
+    if scheduler or workers:
+        from sa.train.distributed import run_jobs_dask
+
+        trained = run_jobs_dask(todo, results, scheduler=scheduler, n_workers=workers, progress=progress, on_job=on_job)
+    else:
+        trained = _run_in_process(todo, results, progress=progress, on_job=on_job)
+    summary = _summary(results, all_ids)
+    if progress:
+        print_summary(summary, console)
+    return SweepResult(results=results, summary=summary, planned=len(all_ids), trained=trained,
+                       skipped=len(all_ids) - n_todo, run_ids=all_ids)
+
+
+def _pending(job: Job, done: set[str]) -> Job:
+    """The job with its finished runs removed."""
+    from dataclasses import replace
+
+    return replace(job, runs=[r for r in job.runs if r[2] not in done])
+
+
+def _run_in_process(jobs: list[Job], results: Any, *, progress: bool, on_job) -> int:
+    """Train jobs one after another (subject data loaded once per subject), appending as each finishes."""
+    from sa.progress import make_progress
+
+    loader, trained = Loader(), 0
+    with make_progress("run", disable=not progress) as bar:
+        task = bar.add_task("sweep", total=sum(len(j.runs) for j in jobs))
+        for job in jobs:
+            bar.update(task, description=f"{job.title} ({len(job.runs)} runs)")
+            n = record(results, train_job(job, loader))
+            trained += n
+            bar.advance(task, n)
+            if on_job is not None:
+                on_job(job, n)
+        bar.update(task, description="sweep done")
+    return trained
+
+
+def _summary(results: Any, run_ids: Sequence[str]) -> list:
+    """Summaries of this sweep's rows (none when it holds only final-layer runs)."""
+    from sa.train.summary import summarize
+
+    wanted = set(run_ids)
+    rows = [r for r in results.runs() if r["run_id"] in wanted]
+    if not rows:
+        return []
+    try:
+        return summarize(rows)
+    except SAError:
+        return []
+
+
+def print_summary(summary: Sequence[Any], console: Any = None) -> None:
+    """Print the rich summary tables (best layer by validation, final layer, gain)."""
+    from sa.train.summary import rich_tables
+
+    if console is None:
+        from sa.clikit import console as default_console
+
+        console = default_console
+    if not summary:
+        console.print("No summary: the sweep has no intermediate-layer runs with a validation score.")
+        return
+    for table in rich_tables(summary):
+        console.print(table)
