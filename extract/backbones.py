@@ -9,6 +9,9 @@ for billions of parameters) to report blocks, width and parameter count.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import hashlib
 import os
 import socket
@@ -371,11 +374,23 @@ def _meta_width(model: nn.Module, plan: LayerPlan) -> int:
     return int(ws[-1]) if ws else -1
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """Hide open_clip's 'No pretrained weights loaded' warning: describing a model never loads weights."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def describe(name: Union[str, BackboneSpec]) -> BackboneInfo:
     """Blocks, width and parameter count of a backbone built on the meta device, and whether its weights are local."""
     ensure_torchvision()
     spec = name if isinstance(name, BackboneSpec) else resolve(name)
-    with torch.device("meta"):
+    with torch.device("meta"), _quiet_root_logger():
         if spec.source == "open_clip":
             import open_clip
 

@@ -49,14 +49,22 @@ def backbones_cmd(
     name: Optional[List[str]] = typer.Argument(None, help="Backbones to describe (default: every alias)."),
 ) -> None:
     """List backbones: blocks, width, parameters, pretrained tag and whether the weights are in the local cache."""
+    from rich import box
     from rich.table import Table
 
     from sa.extract.backbones import list_backbones
 
-    table = Table("name", "source", "blocks", "width", "params", "pretrained", "local")
-    for info in list_backbones(list(name) if name else None):
-        table.add_row(info.name, info.generic, str(info.blocks), str(info.width), f"{info.params / 1e6:,.1f} M",
-                      info.pretrained, "yes" if info.local else "no")
+    table = Table(title="Backbones (sa extract --backbone NAME)", box=box.SIMPLE_HEAD, pad_edge=False)
+    infos = list_backbones(list(name) if name else None)
+    table.add_column("name", no_wrap=True, style="bold", min_width=max(len(i.name) for i in infos))
+    for col, width in (("blocks", 6), ("width", 5), ("params", 10)):
+        table.add_column(col, justify="right", no_wrap=True, min_width=width)
+    table.add_column("pretrained", no_wrap=True, max_width=16, overflow="ellipsis")
+    table.add_column("local", no_wrap=True, min_width=5)
+    table.add_column("source", overflow="ellipsis", no_wrap=True)
+    for info in infos:
+        table.add_row(info.name, str(info.blocks), str(info.width), f"{info.params / 1e6:,.1f} M",
+                      info.pretrained, "yes" if info.local else "no", info.generic)
     console.print(table)
 
 

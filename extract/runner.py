@@ -9,7 +9,6 @@ and produces the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -243,20 +242,25 @@ def build_manifest(bb: Backbone, spec: dict, imageset: ImageSet, pools: Sequence
 
 
 def open_group_writer(root: Any, isid: str, bkey: str, ids: Sequence[str], widths: dict, manifest: dict, block_rows: int, wait: bool, say: Callable[[str], None]) -> Any:
-    """root.create with the writer lock; with `wait`, retry until the other writer is gone."""
-    from sa.cache import GroupLocked
+    """root.create with the writer lock, or None once another writer completed the group while we waited (`wait`).
 
-    announced = False
+    If the other writer dies while we wait, its partial group is resumed here.
+    """
+    from sa.cache import GroupLocked
+    from sa.cache.wait import WriterGone, wait_for_complete
+
     while True:
         try:
             return root.create(isid, bkey, list(ids), widths, manifest, block_rows=block_rows, lock=True)
         except GroupLocked as exc:
             if not wait:
-                raise SAError(f"{exc} Pass --wait to wait for it.") from None
-            if not announced:
-                say(f"waiting: {exc}")
-                announced = True
-            time.sleep(2.0)
+                raise SAError(f"{exc} Pass --wait to wait for it and reuse its result.") from None
+            say(f"waiting: {exc}")
+            try:
+                wait_for_complete(root, f"{isid}/{bkey}", timeout=None)
+                return None
+            except WriterGone:
+                say("the other writer stopped before finishing; resuming its group here.")
 
 
 # ---------------------------------------------------------------- the public call
@@ -330,6 +334,10 @@ def extract(
         manifest = build_manifest(bb, spec, imageset, chosen, dt, dev, widths, seed)
         rows = block_rows or aligned_block_rows(batch_size)
         writer = open_group_writer(root, isid, bkey, imageset.ids, widths, manifest, rows, wait, say)
+        if writer is None:
+            say(f"{name}: {key} was completed by the other writer; reusing it.")
+            groups.append(root.open(key))
+            continue
         try:
             job = BlockJob(imageset, chosen, batch_size, dev, skip_bad, default_num_workers() if num_workers is None else num_workers)
             pending = writer.pending_blocks()

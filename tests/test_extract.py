@@ -79,6 +79,35 @@ def test_complete_group_is_not_recomputed_and_lock_holder_is_named(images, tmp_p
         holder.close()
 
 
+def test_wait_reuses_the_group_another_writer_completes(images, tmp_path):
+    import threading
+
+    from sa.cache import open_root
+    from sa.extract.runner import open_group_writer
+
+    root = open_root(tmp_path / "cache")
+    ids = list(ImageSet.from_path(images).ids)
+    isid = "0123456789abcdef"
+    holder = root.create(isid, "other-0123456789", ids, {"final": 4}, {}, block_rows=4, lock=True)
+    values = np.arange(len(ids) * 4, dtype=np.float16).reshape(len(ids), 4)
+
+    def finish_later():
+        for b in holder.pending_blocks():
+            holder.write_block(b, {"final": values[holder.block_rows_slice(b)]})
+        holder.finalize()
+        holder.close()
+
+    said: list[str] = []
+    timer = threading.Timer(1.0, finish_later)
+    timer.start()
+    try:
+        got = open_group_writer(root, isid, "other-0123456789", ids, {"final": 4}, {}, 4, True, said.append)
+    finally:
+        timer.join()
+    assert got is None and "waiting" in said[0]
+    np.testing.assert_array_equal(root.open(f"{isid}/other-0123456789").read("final"), values)
+
+
 def test_skip_bad_fills_nan_rows_without_shifting(images, tmp_path):
     (images / "im005.png").write_bytes(b"not a png")
     with pytest.raises(SAError, match=r"im005\.png.*--skip-bad"):
