@@ -138,11 +138,14 @@ class DatasetPredictions:
     true_ids: np.ndarray
     ids: np.ndarray
     scores: np.ndarray
+    in_gallery: np.ndarray  # per trial: is its true image a gallery candidate
 
     def accuracy(self, k: int) -> float | None:
-        """Share (%) of trials whose true image is among the first k (None if no true id is in the gallery)."""
+        """Share (%) of trials whose true image is among the first k, over trials whose image is in the gallery."""
+        if not self.in_gallery.any():
+            return None
         hits = (self.ids[:, :k] == self.true_ids[:, None]).any(axis=1)
-        return float(hits.mean() * 100) if len(hits) else None
+        return float(hits[self.in_gallery].mean() * 100)
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
         """trial, true_id, then id_1, score_1, ... id_k, score_k."""
@@ -175,5 +178,7 @@ def decode_dataset(checkpoint: Checkpoint | str | os.PathLike[str], data: Any, g
                      average_reps=ckpt.average_reps, zscore=False, val_fraction=opts.get("val_fraction", 0.1),
                      seed=opts.get("split_seed", 0))
     part = getattr(loaded, split)
-    ids, scores = decode(ckpt, part.x, gallery, top_k=top_k, ch_names=loaded.ch_names, times=loaded.times, root=root)
-    return DatasetPredictions(np.asarray([str(i) for i in part.image_ids]), ids, scores)
+    group = open_gallery(ckpt, gallery, root)
+    ids, scores = decode(ckpt, part.x, group, top_k=top_k, ch_names=loaded.ch_names, times=loaded.times)
+    true = np.asarray([str(i) for i in part.image_ids])
+    return DatasetPredictions(true, ids, scores, np.isin(true, group.ids))

@@ -438,3 +438,63 @@ def print_summary(summary: Sequence[Any], console: Any = None) -> None:
         return
     for table in rich_tables(summary):
         console.print(table)
+
+
+# ---------------------------------------------------------------- one run, saved
+
+
+def train_one(data: Any, backbone: str, *, out: Any, cache: Any = None, layer: str = "final", pool: str = "auto",
+              encoder: str = "eegproject", subject: Any = None, seed: int = 0, loso: bool = False,
+              gallery_cache: str | None = None, config: TrainConfig | None = None, channels: Any = "all",
+              window: Any = None, single_trials: bool = False, val_fraction: float = 0.1, split_seed: int = 0,
+              layout: str = "auto", image_root: Any = None, results: Any = None) -> tuple[dict, Path]:
+    """Train one configuration and save it as a checkpoint at `out`; returns (its runs.csv row, the path).
+
+    With `results`, the row and curves are also appended there (a sweep rerun then skips the run).
+    """
+    from sa.cache import default_root, open_root
+    from sa.train.checkpoint import Checkpoint, save_checkpoint
+    from sa.train.data import open_dataset
+    from sa.train.features import feature_widths
+
+    cfg = config or TrainConfig()
+    options = DataOptions(channels=channels if isinstance(channels, str) else list(channels), window=parse_window(window),
+                          single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
+                          image_root=None if image_root is None else os.fspath(image_root))
+    ds = open_dataset(data, layout=layout, image_root=image_root)
+    if subject is None:
+        if len(ds.subjects) != 1:
+            raise SAError(f"{data} has {len(ds.subjects)} subjects ({', '.join(ds.subjects[:5])}); pick one with --subject.")
+        subject = ds.subjects[0]
+    if cfg.select == "val" and val_fraction <= 0:
+        raise SAError("--select val needs a validation split; set --val-fraction above 0 or use --select last.")
+    root = open_root(cache if cache is not None else default_root(), read_only=True)
+    label = str(layer).strip().lower()
+    (job,) = plan_jobs(data=data, ds=ds, root=root, backbones=[backbone], layers=label, pool=pool,
+                       encoders=[canonical_encoder(encoder)], subjects=[ds.subject_name(subject)], seeds=[int(seed)],
+                       loso=loso, cfg=cfg, options=options, gallery_cache=gallery_cache)
+    job.runs = [r for r in job.runs if r[0] == label or (label.isdigit() and r[0] != "final")][:1]
+    if not job.runs:
+        raise SAError(f"--layer {layer!r} is not a layer of {job.cache_key}; give a label like 07, or final.")
+    loader = Loader()
+    ((row, curves, model),) = train_job(job, loader, keep_models=True)
+    subj = loader.subject(job)
+    lyr = job.runs[0][0]
+    ckpt = Checkpoint(
+        model=model, config={**asdict(cfg), "encoder": job.encoder, "ks": list(cfg.ks)}, encoder=job.encoder,
+        n_channels=int(subj.train.x.shape[1]), n_times=int(subj.train.x.shape[2]),
+        feat_dim=int(feature_widths(loader.root(job.cache).open(job.cache_key), job.pool, [lyr])[lyr]),
+        ch_names=list(subj.ch_names), times=[float(t) for t in subj.times], sfreq=float(subj.sfreq),
+        window=None if options.window is None else list(options.window), average_reps=not single_trials,
+        zscore_mean=subj.zscore_mean, zscore_std=subj.zscore_std, cache_key=job.cache_key, cache_root=job.cache,
+        pool=job.pool if lyr != "final" else (job.pool or "mean"), layer=lyr, seed=int(seed),
+        meta={"dataset": job.dataset, "subject": job.subject, "fold": job.fold, "run_id": row["run_id"],
+              "data_options": options.id_fields(), "backbone": job.backbone.get("name"),
+              "metrics": {k: row[k] for k in ("top1", "top5", "val_top1", "best_epoch")}},
+    )  # fmt: skip
+    path = save_checkpoint(out, ckpt)
+    if results is not None:
+        from sa.train.results import ResultsDir
+
+        record(ResultsDir(results), [(row, curves)])
+    return row, path
