@@ -27,22 +27,22 @@ def array_name(pool: str, layer: str) -> str:
 
 
 def resolve_group(root: Any, backbone: str, image_ids: Sequence[str] | None = None) -> Any:
-    """The complete cache group for a key / unique prefix / alias, preferring one that holds `image_ids`.
+    """The complete cache group for a key / unique prefix / backbone name or alias, preferring one that holds `image_ids`.
 
-    A prefix that names several groups (the same backbone over several image sets)
+    A name that fits several groups (the same backbone over several image sets)
     is settled by the image ids the brain data needs.
     """
     try:
         key = root.resolve(backbone)
     except SAError as exc:
         candidates = _candidates(root, backbone)
-        if len(candidates) < 2 or image_ids is None:
+        if not candidates:
             raise exc
-        covering = [k for k in candidates if _covers(root, k, image_ids)]
+        covering = [k for k in candidates if image_ids is None or _covers(root, k, image_ids)]
         if len(covering) != 1:
-            raise SAError(f"backbone {backbone!r} matches {len(candidates)} cache groups under {root.url}, "
-                          f"{len(covering)} of them holding the dataset's images ({', '.join(candidates[:4])}); "
-                          "give the full '<image-set id>/<backbone key>'.") from None
+            held = "" if image_ids is None else f", {len(covering)} of them complete and holding the dataset's images"
+            raise SAError(f"backbone {backbone!r} matches {len(candidates)} cache groups under {root.url}{held} "
+                          f"({', '.join(candidates[:4])}); give the full '<image-set id>/<backbone key>'.") from None
         key = covering[0]
     status = root.status(key)
     if status != "complete":
@@ -55,11 +55,16 @@ def resolve_group(root: Any, backbone: str, image_ids: Sequence[str] | None = No
 
 
 def _candidates(root: Any, backbone: str) -> list[str]:
-    """Full keys whose key or backbone key equals or starts with `backbone`."""
-    wanted = backbone.strip().strip("/")
-    keys = [info.key for info in root.list()]
-    exact = [k for k in keys if k.split("/", 1)[1] == wanted]
-    return exact or [k for k in keys if k.startswith(wanted) or k.split("/", 1)[1].startswith(wanted)]
+    """Full keys whose backbone key starts with `backbone`, or whose backbone was named `backbone` (alias or library:arch)."""
+    wanted = backbone.strip().strip("/").lower()
+    flat = re.sub(r"[^a-z0-9_.-]+", "-", wanted)
+    out = []
+    for info in root.list():
+        bkey = info.backbone_key.lower()
+        if info.key.lower().startswith(wanted) or bkey.startswith(wanted) or bkey.startswith(flat + "-") \
+                or str(info.backbone).lower() == wanted:
+            out.append(info.key)
+    return out
 
 
 def _covers(root: Any, key: str, image_ids: Sequence[str]) -> bool:
