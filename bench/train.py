@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sa.train.batched import Stack
 from sa.train.evaluate import retrieval_metrics
+from sa.train.stacked import make_stack
 from sa.train.trainer import RunSpec, TrainConfig, plain_model, resolve_precision, train_runs
 
 
@@ -73,17 +73,18 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 
 
 def trainer_step_gflops(stack_cfg: TrainConfig, x: np.ndarray, feats: dict, layers: int, reps: int = 3) -> float:
-    """Achieved GFLOP/s of the trainer's step (stacked fwd + bwd + AdamW) for `layers` runs."""
+    """Achieved GFLOP/s of the trainer's step (stacked fwd + bwd + AdamW, the stack train_runs picks) for `layers` runs."""
     from sa.train.trainer import _init_model
 
     width = next(iter(feats.values())).shape[1]
     models = [_init_model(RunSpec(f"{i:02d}", 0), stack_cfg, stack_cfg.encoder, x.shape[1:], width) for i in range(layers)]
-    stack = Stack(models, torch.device("cpu"))
+    stack = make_stack(models, torch.device("cpu"))
+    del models
     opt = torch.optim.AdamW(list(stack.params.values()), lr=1e-4, weight_decay=1e-4, fused=True)
     amp = resolve_precision(stack_cfg.precision, torch.device("cpu"))
     B = stack_cfg.batch_size
     xb = torch.from_numpy(x[:B])
-    fb = torch.stack([torch.from_numpy(feats[f"{i:02d}"][:B]) for i in range(layers)])
+    fb = torch.stack([torch.from_numpy(feats[f"{i:02d}"][:B]) for i in range(layers)]).to(amp or torch.float32)
 
     def step():
         with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):

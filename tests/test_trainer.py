@@ -116,3 +116,128 @@ def test_bad_options_raise_saerror():
         train_runs(*tr, None, None, *te, [RunSpec("a", 0)], CFG, progress=False)
     with pytest.raises(SAError, match="layer 'zz'"):
         train_runs(*tr, *tr, *te, [RunSpec("zz", 0)], CFG, progress=False)
+
+
+# --- the hand-written stacked path (train/stacked.py) against the module definition ---
+
+def _models(encoder: str, image_proj: bool = True, n: int = 3):
+    """n freshly initialised single-run models of one seed on layers of different widths (4 x 12 trials)."""
+    from sa.train.trainer import plain_model
+
+    cfg = TrainConfig(**{**CFG.__dict__, "encoder": encoder, "image_proj": image_proj})
+    layers = list(WIDTHS)[:n] if image_proj else ["a"] * n
+    return [plain_model(RunSpec(layer, seed), cfg, (4, 12), WIDTHS[layer]) for seed, layer in enumerate(layers)]
+
+
+def _loss_and_grads(stack, x, feats, amp):
+    with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        losses = stack.loss(x, feats)
+    (losses * torch.arange(1.0, len(stack) + 1)).sum().backward()
+    return losses.detach(), {k: v.grad for k, v in stack.params.items()}
+
+
+@pytest.mark.parametrize("encoder,image_proj", [("eegproject", True), ("linear", True), ("eegproject", False)])
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_projection_stack_matches_generic_stack_on_one_step(encoder, image_proj, amp):
+    """Same parameters -> same per-run losses and gradients as the vmapped module definition (dropout off)."""
+    from sa.train.batched import Stack
+    from sa.train.stacked import ProjectionStack
+
+    models = _models(encoder, image_proj)
+    generic, fast = Stack(models, torch.device("cpu")), ProjectionStack(models, torch.device("cpu"))
+    generic.train(False)
+    fast.train(False)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 4, 12, generator=gen)
+    feats = torch.randn(len(models), 32, generic.width, generator=gen)
+    for i, d in enumerate(generic.feat_dims):
+        feats[i, :, d:] = 0  # padding, as the trainer builds it
+    loss_g, grad_g = _loss_and_grads(generic, x, feats, amp)
+    loss_f, grad_f = _loss_and_grads(fast, x, feats, amp)
+    assert grad_g.keys() == grad_f.keys()
+    # bf16: the generic path rounds the logits to bf16 after scaling, the fast one keeps them fp32
+    tol = dict(atol=1e-5, rtol=1e-5) if amp is None else dict(atol=0.1, rtol=0.02)
+    torch.testing.assert_close(loss_f.float(), loss_g.float(), **tol)
+    for k in grad_g:
+        scale = float(grad_g[k].abs().max())
+        err = float((grad_f[k].float() - grad_g[k].float()).abs().max())
+        assert err <= (1e-5 if amp is None else 0.05) * scale + 1e-7, (k, err, scale)
+    torch.testing.assert_close(fast.encode_brain(x), generic.encode_brain(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.encode_image(feats), generic.encode_image(feats), atol=1e-5, rtol=1e-5)
+
+
+def test_stacked_clip_losses_equal_clip_loss_per_run():
+    """The hand-written backward of the R-run CLIP loss gives autograd's gradients through clip_loss."""
+    import torch.nn.functional as F
+
+    from sa.train.loss import clip_loss
+    from sa.train.stacked import stacked_clip_losses
+
+    gen = torch.Generator().manual_seed(0)
+    brain, image = torch.randn(3, 20, 8, generator=gen), torch.randn(3, 20, 8, generator=gen)
+    raw, weights = torch.randn(3, generator=gen), torch.tensor([1.0, -2.0, 0.5])
+    grads = []
+    for fn in (lambda b, i, s: stacked_clip_losses(b, i, s),
+               lambda b, i, s: torch.stack([clip_loss(b[r], i[r], s[r]) for r in range(3)])):
+        leaves = [t.clone().requires_grad_(True) for t in (brain, image, raw)]
+        losses = fn(leaves[0], leaves[1], F.softplus(leaves[2]))
+        (losses * weights).sum().backward()
+        grads.append([losses.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_trainer_uses_the_fast_path_and_generic_path_still_equals_alone(monkeypatch):
+    """eegproject goes through ProjectionStack; forced onto the vmapped Stack, batched still equals alone."""
+    from sa.train import stacked
+
+    made = []
+    real = stacked.make_stack
+    monkeypatch.setattr("sa.train.trainer.make_stack", lambda models, device: made.append(real(models, device)) or made[-1])
+    tr, va, te = subject(200, 0), subject(40, 1), subject(40, 2)
+    runs = [RunSpec("a", 0), RunSpec("c", 0)]
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 1})
+    fast = train_runs(*tr, *va, *te, runs, cfg, progress=False)
+    assert type(made[-1]) is stacked.ProjectionStack
+    monkeypatch.setattr(stacked, "supports", lambda model: False)
+    batch = train_runs(*tr, *va, *te, runs, cfg, progress=False)
+    assert type(made[-1]) is not stacked.ProjectionStack
+    alone = train_runs(*tr, *va, *te, runs[1:], cfg, progress=False)[0]
+    for k, v in alone.model.state_dict().items():
+        torch.testing.assert_close(batch[1].model.state_dict()[k], v, atol=1e-5, rtol=1e-5)
+    # and the two paths train the same model (same masks, same shuffling), up to float rounding
+    for k, v in batch[0].model.state_dict().items():
+        torch.testing.assert_close(fast[0].model.state_dict()[k], v, atol=1e-4, rtol=1e-4)
+
+
+def test_result_model_reproduces_the_stack_embeddings():
+    """RunResult.model (a single AlignModel) embeds val data exactly as the stack did when it was selected."""
+    from sa.train.batched import AlignModel
+    from sa.train.evaluate import top1_accuracy
+    from sa.train.stacked import ProjectionStack
+
+    models = _models("eegproject")
+    stack = ProjectionStack(models, torch.device("cpu"))
+    opt = torch.optim.AdamW(list(stack.params.values()), lr=1e-2, fused=True)
+    x, feats = torch.randn(40, 4, 12), torch.randn(3, 40, stack.width)
+    for _ in range(3):
+        opt.zero_grad()
+        stack.loss(x, feats).sum().backward()
+        opt.step()
+    stack.train(False)
+    with torch.no_grad():
+        emb = stack.encode_brain(x)
+    for i, m in enumerate(_models("eegproject")):
+        m.load_state_dict(stack.state_of(i))
+        m.eval()
+        assert isinstance(m, AlignModel)
+        torch.testing.assert_close(m.encode_brain(x), emb[i], atol=1e-5, rtol=1e-5)
+
+    tr, va, te = subject(300, 0), subject(60, 1), subject(40, 2)
+    res = train_runs(*tr, *va, *te, [RunSpec("a", 0), RunSpec("b", 0)], CFG, progress=False)
+    for r in res:
+        with torch.no_grad():
+            top1 = top1_accuracy(r.model.encode_brain(torch.as_tensor(va[0])),
+                                 r.model.encode_image(torch.as_tensor(va[1][r.spec.layer])))
+        assert top1 == pytest.approx(r.val_top1)
+        assert r.curves[r.best_epoch - 1]["val_top1"] == r.val_top1

@@ -23,6 +23,7 @@ from sa.train.batched import AlignModel, Stack
 from sa.train.encoders import build_encoder, count_params
 from sa.train.evaluate import retrieval_metrics, top1_accuracy
 from sa.train.loss import clip_loss
+from sa.train.stacked import make_stack
 
 
 @dataclass
@@ -150,9 +151,10 @@ def _group(runs: Sequence[RunSpec], cfg: TrainConfig, widths: Mapping[str, int])
     return list(groups.values())
 
 
-def _padded_feats(feats: list[torch.Tensor], idx: torch.Tensor, width: int) -> torch.Tensor:
-    """(L, len(idx), width) rows idx of every layer's features, zero-padded to width."""
-    out = feats[0].new_zeros((len(feats), len(idx), width))
+def _padded_feats(feats: list[torch.Tensor], idx: torch.Tensor, width: int,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(L, len(idx), width) rows idx of every layer's features, zero-padded to width (cast to dtype if given)."""
+    out = feats[0].new_zeros((len(feats), len(idx), width), dtype=dtype)
     for i, f in enumerate(feats):
         out[i, :, : f.shape[1]] = f[idx]
     return out
@@ -185,7 +187,7 @@ def _train_group(members: list[RunSpec], cfg: TrainConfig, data: dict, device: t
     n_ch, n_t = data["train_x"].shape[1:]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         models = [_init_model(r, cfg, encoder, (n_ch, n_t), data["widths"][r.layer]) for r in members]
-        stack = Stack(models, device)
+        stack = make_stack(models, device)
         del models
         shuffle_seed, dropout_seed = np.random.SeedSequence(seed).generate_state(2)
         shuffler = torch.Generator().manual_seed(int(shuffle_seed))
@@ -204,7 +206,7 @@ def _train_group(members: list[RunSpec], cfg: TrainConfig, data: dict, device: t
                 idx = perm[s: s + cfg.batch_size]
                 if len(idx) < 2:
                     continue
-                xb, fb = x_all[idx], _padded_feats(tr_feats, idx, stack.width)
+                xb, fb = x_all[idx], _padded_feats(tr_feats, idx, stack.width, amp)
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     losses = stack.loss(xb, fb)
                 opt.zero_grad(set_to_none=True)

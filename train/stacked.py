@@ -1,0 +1,152 @@
+"""A hand-written stacked path for the projection encoders (EEGProject, Linear): R runs in a few big GEMMs.
+
+The generic `Stack` runs each Linear under vmap, which expands the shared
+brain batch per run and lets autocast re-cast every weight inside the
+batched call; on a CPU those copies cost about as much as the matmuls. Here
+the first layer of all R runs is ONE wide GEMM, x (B, C*T) @ [W_1 | ... | W_R]
+-> (B, R*d); the residual Linear and the image projectors are bmm over the
+run axis, the CLIP losses one (R, B, B) bmm. Weights stay fp32 masters and
+are cast once per step to the autocast dtype (bf16); the layer norm and the
+loss run in fp32, as autocast would. Same parameters, keys and state_of as
+`Stack`, so the trainer and AdamW do not see a difference.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sa.train.batched import AlignModel, Stack
+from sa.train.encoders import EEGProject, LinearEncoder
+
+
+def supports(model: AlignModel) -> bool:
+    """True for the encoders the hand-written path reproduces exactly (EEGProject, LinearEncoder)."""
+    return isinstance(model.brain, (EEGProject, LinearEncoder))
+
+
+def make_stack(models: Sequence[AlignModel], device: torch.device) -> Stack:
+    """The fast ProjectionStack when every model's encoder supports it, else the generic vmapped Stack."""
+    if all(supports(m) for m in models):
+        return ProjectionStack(models, device)
+    return Stack(models, device)
+
+
+def _compute_dtype(device: torch.device) -> torch.dtype:
+    """The ambient autocast dtype on `device` (what the generic path would compute in), else float32."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return torch.float32
+
+
+class _StackedClipLoss(torch.autograd.Function):
+    """R CLIP losses with a hand-written backward: a few passes over (R, B, B) instead of autograd's dozens."""
+
+    @staticmethod
+    def forward(ctx, brain, image, scale, dtype):
+        nb = torch.linalg.vector_norm(brain.float(), dim=-1, keepdim=True).clamp_min_(1e-12)
+        ni = torch.linalg.vector_norm(image.float(), dim=-1, keepdim=True).clamp_min_(1e-12)
+        b, i = (brain / nb).to(dtype), (image / ni).to(dtype)
+        cos = torch.bmm(b, i.transpose(1, 2)).float()  # (R, B, B)
+        logits = cos * scale[:, None, None]
+        diag = torch.diagonal(logits, dim1=1, dim2=2)
+        lse_row, lse_col = torch.logsumexp(logits, dim=2), torch.logsumexp(logits, dim=1)
+        loss = 0.5 * ((lse_row - diag).mean(1) + (lse_col - diag).mean(1))
+        ctx.save_for_backward(b, i, nb, ni, cos, scale, lse_row, lse_col)
+        ctx.in_dtypes = (brain.dtype, image.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, i, nb, ni, cos, scale, lse_row, lse_col = ctx.saved_tensors
+        n = cos.shape[1]
+        logits = cos * scale[:, None, None]
+        # d loss / d logits = (softmax over rows + softmax over columns - 2 I) / 2B, per run times grad
+        d = torch.exp(logits - lse_row.unsqueeze(2)).add_(torch.exp(logits.sub_(lse_col.unsqueeze(1))))
+        d.diagonal(dim1=1, dim2=2).sub_(2.0)
+        d.mul_((grad / (2 * n))[:, None, None])
+        g_scale = (d * cos).sum((1, 2))
+        d_cos = d.mul_(scale[:, None, None]).to(b.dtype)
+        g_b, g_i = torch.bmm(d_cos, i).float(), torch.bmm(d_cos.transpose(1, 2), b).float()
+        # through x / |x|: (g - u <g, u>) / |x| with u the unit vector
+        ub, ui = b.float(), i.float()
+        g_brain = (g_b - ub * (g_b * ub).sum(-1, keepdim=True)).div_(nb)
+        g_image = (g_i - ui * (g_i * ui).sum(-1, keepdim=True)).div_(ni)
+        return g_brain.to(ctx.in_dtypes[0]), g_image.to(ctx.in_dtypes[1]), g_scale, None
+
+
+def stacked_clip_losses(brain: torch.Tensor, image: torch.Tensor, scale: torch.Tensor,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(R,) symmetric InfoNCE losses of R runs at once: brain, image (R, B, d), scale (R,); = clip_loss per run.
+
+    Cosines are one bmm in `dtype`; softmaxes and the loss are fp32.
+    """
+    return _StackedClipLoss.apply(brain, image, scale, dtype)
+
+
+class ProjectionStack(Stack):
+    """A `Stack` of EEGProject or Linear aligners evaluated by wide GEMM + bmm instead of vmap."""
+
+    def __init__(self, models: Sequence[AlignModel], device: torch.device) -> None:
+        super().__init__(models, device)
+        brain = self.base.brain
+        if isinstance(brain, EEGProject):
+            first, residual, norm = brain.head
+            gelu, _, drop = residual.fn
+            self._keys = ("brain.head.0.", "brain.head.1.fn.1.", "brain.head.2.")
+            self._gelu, self._drop, self._eps = gelu.approximate, float(drop.p), float(norm.eps)
+        elif isinstance(brain, LinearEncoder):
+            self._keys = ("brain.proj.",)
+        else:
+            raise TypeError(f"ProjectionStack cannot run encoder {type(brain).__name__}; use Stack.")
+
+    def _get(self, key: str) -> torch.Tensor:
+        return self.params[key] if key in self.params else self.buffers[key]
+
+    def _embed_brain(self, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+        """(R, B, d) brain embeddings of a shared batch x (B, C, T), matmuls in dt."""
+        n_runs, batch = len(self), x.shape[0]
+        w1, b1 = self._get(self._keys[0] + "weight"), self._get(self._keys[0] + "bias")
+        d = w1.shape[1]
+        h = F.linear(x.reshape(batch, -1).to(dt), w1.reshape(n_runs * d, -1).to(dt), b1.reshape(-1).to(dt))
+        h = h.view(batch, n_runs, d).transpose(0, 1)  # (R, B, d), one wide GEMM above
+        if len(self._keys) == 1:
+            return h
+        w2, b2 = self._get(self._keys[1] + "weight"), self._get(self._keys[1] + "bias")
+        z = torch.baddbmm(b2.to(dt).unsqueeze(1), F.gelu(h, approximate=self._gelu), w2.to(dt).transpose(1, 2))
+        if self.base.training and self._drop > 0:
+            keep = torch.empty(batch, d, device=x.device).bernoulli_(1 - self._drop)  # shared by the runs
+            z = z * (keep / (1 - self._drop)).to(dt)
+        y = F.layer_norm((h + z).float(), (d,), eps=self._eps)
+        gamma, beta = self._get(self._keys[2] + "weight"), self._get(self._keys[2] + "bias")
+        return torch.addcmul(beta.unsqueeze(1), y, gamma.unsqueeze(1))
+
+    def _embed_image(self, feats: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+        """(R, B, d) image embeddings of per-run (padded) features (R, B, width)."""
+        if "image.weight" not in self.params:
+            return feats
+        w, b = self.params["image.weight"], self.params["image.bias"]
+        return torch.baddbmm(b.to(dt).unsqueeze(1), feats.to(dt), w.to(dt).transpose(1, 2))
+
+    def _scales(self) -> torch.Tensor:
+        return F.softplus(self._get("loss.logit_scale_raw"))
+
+    def loss(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Per-run losses (R,) for one shared brain batch (B, C, T) and per-run features (R, B, width)."""
+        dt = _compute_dtype(x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            return stacked_clip_losses(self._embed_brain(x, dt), self._embed_image(feats, dt), self._scales(), dt)
+
+    def encode_brain(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, n, d) brain embeddings of shared trials."""
+        dt = _compute_dtype(x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._embed_brain(x, dt)
+
+    def encode_image(self, feats: torch.Tensor) -> torch.Tensor:
+        """(R, n, d) image embeddings of per-run (padded) features."""
+        dt = _compute_dtype(feats.device)
+        with torch.autocast(feats.device.type, enabled=False):
+            return self._embed_image(feats, dt)
