@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from test_sweep_support import fast_config, metrics, synth_dataset
 
 from sa.train.results import ResultsDir
@@ -17,10 +19,12 @@ def test_dask_local_cluster_gives_the_same_rows(tmp_path_factory, tmp_path):
     assert dist.trained == local.trained == 8
     a = {r["run_id"]: metrics(r) for r in ResultsDir(tmp_path / "local").runs()}
     b = {r["run_id"]: metrics(r) for r in ResultsDir(tmp_path / "dist").runs()}
-    assert a == b
+    assert a.keys() == b.keys()
+    for rid in a:  # accuracies and epochs exactly; the learned temperature up to float summation order
+        assert a[rid][:-1] == b[rid][:-1] and a[rid][-1] == pytest.approx(b[rid][-1], rel=1e-5)
     for rid in a:
         ca = [(c["epoch"], c["train_loss"], c["val_top1"]) for c in ResultsDir(tmp_path / "local").curves(rid)]
         cb = [(c["epoch"], c["train_loss"], c["val_top1"]) for c in ResultsDir(tmp_path / "dist").curves(rid)]
-        assert ca == cb
+        np.testing.assert_allclose(ca, cb, rtol=1e-5)  # thread counts may reorder float sums
     again = sweep(path, "torchvision-mobilenet_v2", out=tmp_path / "dist", workers=2, **kw)
     assert again.trained == 0 and again.skipped == 8
