@@ -123,3 +123,23 @@ def test_bad_options_name_the_fix(synth, tmp_path):
         _sweep(synth, tmp_path / "r", pool="cls")
     with pytest.raises(SAError, match="val-fraction"):
         _sweep(synth, tmp_path / "r", val_fraction=0.0)
+
+
+def test_concept_centre_gallery(synth, tmp_path):
+    from sa.train.features import concept_gallery, concept_of
+
+    path, info = synth
+    group = open_root(info["planted"]["cache"]).open(info["planted"]["cache_key"])
+    train = open_dataset(path).load("sub-01", val_fraction=0.25).train
+    gal = concept_gallery(group, train, "gap", ["09"])
+    assert list(gal.labels) == list(dict.fromkeys(train.concepts.tolist()))
+    first = gal.labels[0]
+    rows = [i for i, x in enumerate(group.ids.tolist()) if concept_of(x) == first]
+    assert len(rows) == 6
+    np.testing.assert_allclose(gal.feats["09"][0], group.read("gap/09", np.array(rows)).astype(np.float32).mean(0), rtol=1e-6)
+    assert all(gal.labels[t] == c for t, c in zip(gal.targets, train.concepts))
+    # test concepts have one image each in the synth cache: centres equal the stimuli, so the scores match
+    plain = _sweep(synth, tmp_path / "a", layers="9", seeds=1)
+    centre = _sweep(synth, tmp_path / "b", layers="9", seeds=1, gallery_cache=info["planted"]["cache_key"])
+    assert not set(plain.run_ids) & set(centre.run_ids)
+    assert sorted(metrics(r) for r in plain.rows()) == sorted(metrics(r) for r in centre.rows())
