@@ -6,8 +6,8 @@ batched call; on a CPU those copies cost about as much as the matmuls. Here
 the first layer of all R runs is ONE wide GEMM, x (B, C*T) @ [W_1 | ... | W_R]
 -> (B, R*d); the residual Linear and the image projectors are bmm over the
 run axis, the CLIP losses one (R, B, B) bmm. Weights stay fp32 masters and
-are cast once per step to the autocast dtype (bf16); the layer norm and the
-loss run in fp32, as autocast would. Same parameters, keys and state_of as
+are cast once per step to the autocast dtype (bf16); softmaxes and the loss
+run in fp32. Same parameters, keys and state_of as
 `Stack`, so the trainer and AdamW do not see a difference.
 """
 
@@ -41,40 +41,45 @@ def _compute_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def _scaled(x: torch.Tensor, factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x * factor computed in fp32 and written once in dtype (one pass, no fp32 temporary)."""
+    return torch.mul(x, factor, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+
+def _unit_grad(g: torch.Tensor, u: torch.Tensor, inv_norm: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Gradient through x -> x / |x| = u: (g - u <g, u>) / |x|, written in dtype."""
+    out = u * -torch.linalg.vecdot(g.float(), u.float()).unsqueeze(-1) if u.dtype == torch.float32 else \
+        u * -torch.linalg.vecdot(g, u).float().unsqueeze(-1)
+    return _scaled(out.add_(g), inv_norm, dtype)
+
+
 class _StackedClipLoss(torch.autograd.Function):
-    """R CLIP losses with a hand-written backward: a few passes over (R, B, B) instead of autograd's dozens."""
+    """R CLIP losses with a hand-written backward: a few fused passes over (R, B, B) instead of autograd's dozens."""
 
     @staticmethod
     def forward(ctx, brain, image, scale, dtype):
-        nb = torch.linalg.vector_norm(brain.float(), dim=-1, keepdim=True).clamp_min_(1e-12)
-        ni = torch.linalg.vector_norm(image.float(), dim=-1, keepdim=True).clamp_min_(1e-12)
-        b, i = (brain / nb).to(dtype), (image / ni).to(dtype)
-        cos = torch.bmm(b, i.transpose(1, 2)).float()  # (R, B, B)
-        logits = cos * scale[:, None, None]
-        diag = torch.diagonal(logits, dim1=1, dim2=2)
-        lse_row, lse_col = torch.logsumexp(logits, dim=2), torch.logsumexp(logits, dim=1)
-        loss = 0.5 * ((lse_row - diag).mean(1) + (lse_col - diag).mean(1))
-        ctx.save_for_backward(b, i, nb, ni, cos, scale, lse_row, lse_col)
+        rb = torch.linalg.vector_norm(brain, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12).reciprocal_()
+        ri = torch.linalg.vector_norm(image, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12).reciprocal_()
+        b, i = _scaled(brain, rb, dtype), _scaled(image, ri, dtype)  # unit vectors
+        logits = torch.bmm(b, i.transpose(1, 2)) * scale[:, None, None]  # (R, B, B) cosines in dtype, then fp32
+        log_row, log_col = torch.log_softmax(logits, dim=2), torch.log_softmax(logits, dim=1)
+        loss = -0.5 * (log_row.diagonal(dim1=1, dim2=2).mean(1) + log_col.diagonal(dim1=1, dim2=2).mean(1))
+        ctx.save_for_backward(b, i, rb, ri, logits, scale, log_row, log_col)
         ctx.in_dtypes = (brain.dtype, image.dtype)
         return loss
 
     @staticmethod
     def backward(ctx, grad):
-        b, i, nb, ni, cos, scale, lse_row, lse_col = ctx.saved_tensors
-        n = cos.shape[1]
-        logits = cos * scale[:, None, None]
+        b, i, rb, ri, logits, scale, log_row, log_col = ctx.saved_tensors
+        n = logits.shape[1]
         # d loss / d logits = (softmax over rows + softmax over columns - 2 I) / 2B, per run times grad
-        d = torch.exp(logits - lse_row.unsqueeze(2)).add_(torch.exp(logits.sub_(lse_col.unsqueeze(1))))
+        d = log_row.exp_().add_(log_col.exp_())
         d.diagonal(dim1=1, dim2=2).sub_(2.0)
         d.mul_((grad / (2 * n))[:, None, None])
-        g_scale = (d * cos).sum((1, 2))
-        d_cos = d.mul_(scale[:, None, None]).to(b.dtype)
-        g_b, g_i = torch.bmm(d_cos, i).float(), torch.bmm(d_cos.transpose(1, 2), b).float()
-        # through x / |x|: (g - u <g, u>) / |x| with u the unit vector
-        ub, ui = b.float(), i.float()
-        g_brain = (g_b - ub * (g_b * ub).sum(-1, keepdim=True)).div_(nb)
-        g_image = (g_i - ui * (g_i * ui).sum(-1, keepdim=True)).div_(ni)
-        return g_brain.to(ctx.in_dtypes[0]), g_image.to(ctx.in_dtypes[1]), g_scale, None
+        g_scale = torch.linalg.vecdot(d.flatten(1), logits.flatten(1)) / scale
+        d_cos = _scaled(d, scale[:, None, None], b.dtype)
+        g_b, g_i = torch.bmm(d_cos, i), torch.bmm(d_cos.transpose(1, 2), b)
+        return _unit_grad(g_b, b, rb, ctx.in_dtypes[0]), _unit_grad(g_i, i, ri, ctx.in_dtypes[1]), g_scale, None
 
 
 def stacked_clip_losses(brain: torch.Tensor, image: torch.Tensor, scale: torch.Tensor,
@@ -119,9 +124,9 @@ class ProjectionStack(Stack):
         if self.base.training and self._drop > 0:
             keep = torch.empty(batch, d, device=x.device).bernoulli_(1 - self._drop)  # shared by the runs
             z = z * (keep / (1 - self._drop)).to(dt)
-        y = F.layer_norm((h + z).float(), (d,), eps=self._eps)
+        y = F.layer_norm(h + z, (d,), eps=self._eps)  # in dt, as autocast runs layer_norm on bf16 input
         gamma, beta = self._get(self._keys[2] + "weight"), self._get(self._keys[2] + "bias")
-        return torch.addcmul(beta.unsqueeze(1), y, gamma.unsqueeze(1))
+        return torch.addcmul(beta.to(dt).unsqueeze(1), y, gamma.to(dt).unsqueeze(1))
 
     def _embed_image(self, feats: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
         """(R, B, d) image embeddings of per-run (padded) features (R, B, width)."""
