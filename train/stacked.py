@@ -42,15 +42,21 @@ def _compute_dtype(device: torch.device) -> torch.dtype:
 
 
 def _scaled(x: torch.Tensor, factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x * factor computed in fp32 and written once in dtype (one pass, no fp32 temporary)."""
-    return torch.mul(x, factor, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+    """x * factor in dtype; one pass when x already is dtype (mixed-dtype CPU ops cast their inputs first)."""
+    if x.dtype == dtype:
+        return x * factor.to(dtype)
+    return (x * factor).to(dtype)
+
+
+def _inv_norm(x: torch.Tensor) -> torch.Tensor:
+    """(..., 1) fp32 reciprocal L2 norms over the last axis (computed in x's dtype: no cast pass)."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).float().clamp_min_(1e-12).reciprocal_()
 
 
 def _unit_grad(g: torch.Tensor, u: torch.Tensor, inv_norm: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Gradient through x -> x / |x| = u: (g - u <g, u>) / |x|, written in dtype."""
-    out = u * -torch.linalg.vecdot(g.float(), u.float()).unsqueeze(-1) if u.dtype == torch.float32 else \
-        u * -torch.linalg.vecdot(g, u).float().unsqueeze(-1)
-    return _scaled(out.add_(g), inv_norm, dtype)
+    """Gradient through x -> x / |x| = u: (g - u <g, u>) / |x|, in u's dtype, returned as dtype."""
+    out = torch.addcmul(g, u, -torch.linalg.vecdot(g, u).unsqueeze(-1))
+    return _scaled(out, inv_norm, dtype)
 
 
 class _StackedClipLoss(torch.autograd.Function):
@@ -58,8 +64,7 @@ class _StackedClipLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, brain, image, scale, dtype):
-        rb = torch.linalg.vector_norm(brain, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12).reciprocal_()
-        ri = torch.linalg.vector_norm(image, dim=-1, keepdim=True, dtype=torch.float32).clamp_min_(1e-12).reciprocal_()
+        rb, ri = _inv_norm(brain), _inv_norm(image)
         b, i = _scaled(brain, rb, dtype), _scaled(image, ri, dtype)  # unit vectors
         logits = torch.bmm(b, i.transpose(1, 2)) * scale[:, None, None]  # (R, B, B) cosines in dtype, then fp32
         log_row, log_col = torch.log_softmax(logits, dim=2), torch.log_softmax(logits, dim=1)
