@@ -10,6 +10,7 @@ for billions of parameters) to report blocks, width and parameter count.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 
 import hashlib
@@ -80,7 +81,13 @@ def library_versions(source: str) -> dict[str, str]:
 
 
 def file_digest(path: Union[str, Path]) -> str:
-    """sha256 of a weights file (streamed)."""
+    """sha256 of a weights file (streamed; remembered per path, size and mtime, since giant checkpoints take seconds)."""
+    st = os.stat(path)
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -168,6 +175,11 @@ def _missing_weights_error(spec: BackboneSpec, where: str) -> SAError:
 # ---------------------------------------------------------------- building, per library
 
 
+def _building_on(device: str) -> contextlib.AbstractContextManager:
+    """Construct parameters directly on the meta device (no memory, instant) when that is the target."""
+    return torch.device("meta") if device == "meta" else contextlib.nullcontext()
+
+
 def _tv_weights(spec: BackboneSpec):
     tv = ensure_torchvision()
     try:
@@ -201,7 +213,8 @@ def _build_open_clip(spec: BackboneSpec, weights: Optional[str], random_init: bo
     if image_size:
         kw["force_image_size"] = image_size
     if random_init:
-        model = open_clip.create_model(spec.arch, pretrained=None, **kw)
+        with _building_on(device):
+            model = open_clip.create_model(spec.arch, pretrained=None, **kw)
     elif weights:
         model = open_clip.create_model(spec.arch, pretrained=weights, require_pretrained=True, **kw)
     else:
@@ -224,7 +237,8 @@ def _timm_create(name: str, image_size: Optional[int], **kw) -> nn.Module:
 def _build_timm(spec: BackboneSpec, weights: Optional[str], random_init: bool, image_size: Optional[int], device: str) -> tuple[nn.Module, Callable]:
     full = spec.arch + (f".{spec.pretrained}" if spec.pretrained else "")
     if random_init:
-        model = _timm_create(full, image_size, pretrained=False)
+        with _building_on(device):
+            model = _timm_create(full, image_size, pretrained=False)
     elif weights:
         model = _timm_create(full, image_size, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
     else:
@@ -248,7 +262,8 @@ def _build_torchvision(spec: BackboneSpec, weights: Optional[str], random_init: 
     tv = ensure_torchvision()
     preset = _tv_weights(spec)
     if random_init or weights:
-        model = tv.models.get_model(spec.arch, weights=None)
+        with _building_on(device):
+            model = tv.models.get_model(spec.arch, weights=None)
         if weights:
             try:
                 model.load_state_dict(_load_state_dict_file(str(weights)))
@@ -297,7 +312,9 @@ def load_backbone(
 
     Pretrained weights come from the library's hub cache (SAError with how to
     supply them when absent and offline); `weights` loads a local checkpoint;
-    `random_init` seeds torch with `seed` (for tests).
+    `random_init` seeds torch with `seed` (for tests). `device="meta"` builds
+    the same backbone without weights, instantly: enough for its cache key,
+    layers and transform.
     """
     ensure_torchvision()
     spec = name if isinstance(name, BackboneSpec) else resolve(name)
@@ -312,12 +329,17 @@ def load_backbone(
         torch.manual_seed(seed)
         source, digest = "random", f"random:{seed}"
     else:
-        where, local = pretrained_location(spec)
-        if local is None and not network_reachable(HUB_HOSTS[spec.source]):
-            raise _missing_weights_error(spec, where)
+        if device != "meta":
+            where, local = pretrained_location(spec)
+            if local is None and not network_reachable(HUB_HOSTS[spec.source]):
+                raise _missing_weights_error(spec, where)
         source, digest = f"hub:{spec.pretrained or 'default'}", f"pretrained:{spec.generic}"
     try:
-        model, transform = BUILDERS[spec.source](spec, weights, random_init, image_size, device)
+        if device == "meta":
+            with _quiet_root_logger():
+                model, transform = BUILDERS[spec.source](spec, None, True, image_size, device)
+        else:
+            model, transform = BUILDERS[spec.source](spec, weights, random_init, image_size, device)
     except SAError:
         raise
     except (OSError, RuntimeError, ValueError, KeyError) as exc:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sa.cache.keys import backbone_key
 from sa.errors import SAError
 from sa.extract.backbones import DTYPES, Backbone, load_backbone
 from sa.extract.images import ImageSet
@@ -241,6 +242,13 @@ def build_manifest(bb: Backbone, spec: dict, imageset: ImageSet, pools: Sequence
     }
 
 
+def _complete_group(root: Any, isid: str, bb: Backbone, pools: Optional[Sequence[str]], dtype: str, name: str) -> Any:
+    """The complete cache group this backbone would write, or None."""
+    spec = key_spec(bb, choose_pools(pools, bb.plan.pools, name), dtype)
+    key = f"{isid}/{backbone_key(bb.spec.key_name, spec)}"
+    return root.open(key) if root.status(key) == "complete" else None
+
+
 def open_group_writer(root: Any, isid: str, bkey: str, ids: Sequence[str], widths: dict, manifest: dict, block_rows: int, wait: bool, say: Callable[[str], None]) -> Any:
     """root.create with the writer lock, or None once another writer completed the group while we waited (`wait`).
 
@@ -319,17 +327,17 @@ def extract(
     dt = resolve_dtype(dtype, dev)
     groups = []
     for name, w in zip(names, _weights_for(weights, len(names))):
-        bb = load_backbone(name, weights=w, random_init=random_init, seed=seed, image_size=image_size, device=str(dev), dtype=dt)
+        load = dict(weights=w, random_init=random_init, seed=seed, image_size=image_size, dtype=dt)
+        done = _complete_group(root, isid, load_backbone(name, device="meta", **load), pools, dt, name)
+        if done is not None:  # known from a weightless build: no giant model loaded just to skip it
+            say(f"{name}: already complete in {root.url} as {done.key}; nothing to do.")
+            groups.append(done)
+            continue
+        bb = load_backbone(name, device=str(dev), **load)
         chosen = choose_pools(pools, bb.plan.pools, name)
         spec = key_spec(bb, chosen, dt)
-        from sa.cache.keys import backbone_key
-
         bkey = backbone_key(bb.spec.key_name, spec)
         key = f"{isid}/{bkey}"
-        if root.status(key) == "complete":
-            say(f"{name}: already complete in {root.url} as {key}; nothing to do.")
-            groups.append(root.open(key))
-            continue
         widths = probe_widths(bb, chosen, dev)
         manifest = build_manifest(bb, spec, imageset, chosen, dt, dev, widths, seed)
         rows = block_rows or aligned_block_rows(batch_size)

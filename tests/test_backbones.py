@@ -209,3 +209,28 @@ def test_real_mobilenet_weights_final_features_classify_chelsea_as_a_cat(tmp_pat
     assert 281 <= int(logits.argmax()) <= 285
     assert group.manifest["backbone"]["weights_digest"] == __import__("hashlib").sha256(w.read_bytes()).hexdigest()
     assert [layer["module"] for layer in group.manifest["layers"]][:2] == ["features.0", "features.1"]
+
+
+@pytest.mark.parametrize("name,size,pools,blocks", FAMILIES)
+def test_meta_build_gives_the_same_cache_key_as_the_real_one(name, size, pools, blocks):
+    from sa.extract.runner import key_spec
+
+    real = load_backbone(name, random_init=True, seed=3, image_size=size, dtype="bf16")
+    meta = load_backbone(name, random_init=True, seed=3, image_size=size, dtype="bf16", device="meta")
+    assert next(meta.model.parameters()).is_meta
+    assert key_spec(meta, pools, "bf16") == key_spec(real, pools, "bf16")
+    assert [layer.module for layer in meta.plan.layers] == [layer.module for layer in real.plan.layers]
+
+
+def test_meta_build_keys_local_weights_by_their_digest(tmp_path):
+    from safetensors.torch import save_file
+
+    from sa.extract.runner import key_spec
+
+    src = load_backbone("timm:vit_tiny_patch16_224", random_init=True, seed=7, image_size=32, dtype="fp32")
+    f = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(f))
+    real = load_backbone("timm:vit_tiny_patch16_224", weights=f, image_size=32, dtype="fp32")
+    meta = load_backbone("timm:vit_tiny_patch16_224", weights=f, image_size=32, dtype="fp32", device="meta")
+    assert key_spec(meta, ("mean",), "fp32") == key_spec(real, ("mean",), "fp32")
+    assert meta.weights_digest == real.weights_digest != src.weights_digest
