@@ -9,6 +9,7 @@ against a large matmul of the same dtype; (3) peak RSS. `--quick` shrinks it.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 
@@ -62,18 +63,17 @@ def step_flops(batch: int, layers: int, in_dim: int, embed: int, width: int) -> 
     return layers * (fwd + bwd)
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Throughput of a large square matmul in `dtype` on this machine."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
+def _seconds(fn) -> float:
+    """Wall time of one call."""
     t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+    fn()
+    return time.perf_counter() - t
 
 
-def trainer_step_gflops(stack_cfg: TrainConfig, x: np.ndarray, feats: dict, layers: int, reps: int = 3) -> float:
-    """Achieved GFLOP/s of the trainer's step (stacked fwd + bwd + AdamW, the stack train_runs picks) for `layers` runs."""
+def step_and_matmul_gflops(stack_cfg: TrainConfig, x: np.ndarray, feats: dict, layers: int,
+                           rounds: int = 4, n: int = 2048) -> tuple[float, float]:
+    """Achieved GFLOP/s of the trainer's step (stacked fwd + bwd + AdamW, the stack train_runs picks) for
+    `layers` runs, and of a large square matmul in the same dtype; timed interleaved, best of `rounds` each."""
     from sa.train.trainer import _init_model
 
     width = next(iter(feats.values())).shape[1]
@@ -82,23 +82,30 @@ def trainer_step_gflops(stack_cfg: TrainConfig, x: np.ndarray, feats: dict, laye
     del models
     opt = torch.optim.AdamW(list(stack.params.values()), lr=1e-4, weight_decay=1e-4, fused=True)
     amp = resolve_precision(stack_cfg.precision, torch.device("cpu"))
+    dtype = amp or torch.float32
     B = stack_cfg.batch_size
     xb = torch.from_numpy(x[:B])
-    fb = torch.stack([torch.from_numpy(feats[f"{i:02d}"][:B]) for i in range(layers)]).to(amp or torch.float32)
+    fb = torch.stack([torch.from_numpy(feats[f"{i:02d}"][:B]) for i in range(layers)]).to(dtype)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
 
     def step():
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast("cpu", dtype=dtype, enabled=amp is not None):
             loss = stack.loss(xb, fb).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    step()
-    t = time.perf_counter()
-    for _ in range(reps):
-        step()
-    sec = (time.perf_counter() - t) / reps
-    return step_flops(B, layers, x.shape[1] * x.shape[2], stack_cfg.embed_dim, width) / sec / 1e9
+    def matmuls():
+        for _ in range(5):
+            a @ b
+
+    step(), matmuls()
+    t_step, t_mm = float("inf"), float("inf")
+    for _ in range(rounds):  # interleaved and best-of: both see the same share of a contended machine
+        t_step = min(t_step, _seconds(step))
+        t_mm = min(t_mm, _seconds(matmuls))
+    flops = step_flops(B, layers, x.shape[1] * x.shape[2], stack_cfg.embed_dim, width)
+    return flops / t_step / 1e9, 2 * n**3 * 5 / t_mm / 1e9
 
 
 def main() -> None:
@@ -110,25 +117,33 @@ def main() -> None:
     train, val, test = synthetic_subject(n_train, 200, 200, shape, layers, width)
     cfg = TrainConfig(epochs=epochs)
     runs = [RunSpec(f"{i:02d}", s) for s in range(seeds) for i in range(layers)]
-    print(f"threads {torch.get_num_threads()}, precision auto -> {resolve_precision('auto', torch.device('cpu'))}")
+    print(f"threads {torch.get_num_threads()}, precision auto -> {resolve_precision('auto', torch.device('cpu'))}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # first AdamW imports torch._dynamo (~1 s): not training
 
     t = time.perf_counter()
     res = train_runs(*train, *val, *test, runs, cfg, progress=False)
     t_sa = time.perf_counter() - t
-    print(f"sa trainer: {len(runs)} runs in {t_sa:.1f} s; test top-1 mean {np.mean([r.top1 for r in res]):.1f} %")
+    print(f"sa trainer: {len(runs)} runs in {t_sa:.1f} s; test top-1 mean {np.mean([r.top1 for r in res]):.1f} %; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     t = time.perf_counter()
     top_plain = [plain_loop(train, test, r, cfg) for r in runs]
     t_plain = time.perf_counter() - t
-    print(f"plain loop: {len(runs)} runs in {t_plain:.1f} s; test top-1 mean {np.mean(top_plain):.1f} %")
+    print(f"plain loop: {len(runs)} runs in {t_plain:.1f} s; test top-1 mean {np.mean(top_plain):.1f} %; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"speed-up: {t_plain / t_sa:.2f}x")
     diffs = [r.top1 - p for r, p in zip(res, top_plain)]
     print(f"per-run top-1 sa - plain: mean {np.mean(diffs):+.1f}, sd {np.std(diffs):.1f} points")
+    if seeds > 1:  # runs are ordered seed-major: the same layer of seeds 0 and 1 are `layers` apart
+        noise = [top_plain[i] - top_plain[i + layers] for i in range(layers)]
+        print(f"seed noise (plain, same layer, seed 0 - seed 1): sd {np.std(noise):.1f} points")
 
     amp = resolve_precision(cfg.precision, torch.device("cpu")) or torch.float32
-    step = trainer_step_gflops(cfg, train[0], train[1], layers)
-    peak = matmul_gflops(amp)
-    print(f"training step: {step:.0f} GFLOP/s vs {peak:.0f} GFLOP/s large {amp} matmul = {100 * step / peak:.0f} %")
+    step, peak = step_and_matmul_gflops(cfg, train[0], train[1], layers)
+    print(f"training step ({layers} runs): {step:.0f} GFLOP/s vs {peak:.0f} GFLOP/s large {amp} matmul "
+          f"= {100 * step / peak:.0f} %  (interleaved, best of 4 each)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[1]:.1f} (5 min)")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

@@ -5,10 +5,12 @@ brain batch per run and lets autocast re-cast every weight inside the
 batched call; on a CPU those copies cost about as much as the matmuls. Here
 the first layer of all R runs is ONE wide GEMM, x (B, C*T) @ [W_1 | ... | W_R]
 -> (B, R*d); the residual Linear and the image projectors are bmm over the
-run axis, the CLIP losses one (R, B, B) bmm. Weights stay fp32 masters and
-are cast once per step to the autocast dtype (bf16); softmaxes and the loss
-run in fp32. Same parameters, keys and state_of as
-`Stack`, so the trainer and AdamW do not see a difference.
+run axis, the CLIP losses one (R, B, B) bmm with a hand-written backward.
+Weights stay fp32 masters, cast once per step to the ambient autocast dtype
+(bf16); like autocast, the layer norm runs on bf16 input, softmaxes and the
+loss in fp32. Same parameters, keys and state_of as `Stack`, so the trainer
+and its AdamW see no difference; dropout draws one (B, d) mask per step from
+the global generator, shared by the runs like vmap's randomness="same".
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ class ProjectionStack(Stack):
         super().__init__(models, device)
         brain = self.base.brain
         if isinstance(brain, EEGProject):
-            first, residual, norm = brain.head
+            _, residual, norm = brain.head
             gelu, _, drop = residual.fn
             self._keys = ("brain.head.0.", "brain.head.1.fn.1.", "brain.head.2.")
             self._gelu, self._drop, self._eps = gelu.approximate, float(drop.p), float(norm.eps)

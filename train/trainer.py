@@ -2,6 +2,8 @@
 
 Runs that share (seed, encoder, output width) form a group trained as one
 `Stack`: the brain batch is read once per step for all layers in the group.
+EEGProject and Linear groups use the hand-written `ProjectionStack` (one wide
+GEMM for every run's first layer); other encoders the generic vmapped Stack.
 Every run's randomness comes from its seed only (init, shuffling, dropout),
 so a run trained in a group equals the same run trained alone. Checkpoints
 are selected on the validation split (or the last epoch), never on test.
