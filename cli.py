@@ -13,7 +13,7 @@ from sa import __version__
 from sa.cache import cli as cache_cli
 from sa.extract import cli as extract_cli
 from sa.train import cli as train_cli
-from sa.train import data_cli, report_cli
+from sa.train import data_cli, demo_cli, report_cli
 
 app = typer.Typer(
     name="sa",
@@ -42,6 +42,7 @@ def _root(
     """Shallow Alignment toolkit."""
 
 
+demo_cli.register(app)
 app.add_typer(cache_cli.app, name="cache", help="Inspect, verify, export and share feature caches.")
 app.add_typer(data_cli.app, name="data", help="Check brain data layouts; write the synthetic THINGS-format dataset.")
 extract_cli.register(app)
