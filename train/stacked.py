@@ -61,6 +61,33 @@ def _unit_grad(g: torch.Tensor, u: torch.Tensor, inv_norm: torch.Tensor, dtype: 
     return _scaled(out, inv_norm, dtype)
 
 
+class _CastLinear(torch.autograd.Function):
+    """x @ w^T + b (w (N, K) or stacked (R, N, K)) with fp32 masters cast once to x's dtype; grads return fp32.
+
+    Autograd through `w.to(bf16).mT` would hand back a transposed bf16 gradient, then cast and re-layout it in
+    two more passes; here the weight gradient is computed directly in w's layout.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        wc = w.to(x.dtype)
+        if w.dim() == 2:
+            y = torch.addmm(b.to(x.dtype), x, wc.t())
+        else:
+            y = torch.baddbmm(b.to(x.dtype).unsqueeze(1), x, wc.mT)
+        ctx.save_for_backward(x, wc)
+        ctx.w_dtype = w.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, wc = ctx.saved_tensors
+        gx = torch.matmul(gy, wc) if ctx.needs_input_grad[0] else None
+        gw = torch.matmul(gy.mT.contiguous(), x).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        gb = gy.sum(-2).to(ctx.w_dtype) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
 class _StackedClipLoss(torch.autograd.Function):
     """R CLIP losses with a hand-written backward: a few fused passes over (R, B, B) instead of autograd's dozens."""
 
@@ -122,12 +149,12 @@ class ProjectionStack(Stack):
         n_runs, batch = len(self), x.shape[0]
         w1, b1 = self._get(self._keys[0] + "weight"), self._get(self._keys[0] + "bias")
         d = w1.shape[1]
-        h = F.linear(x.reshape(batch, -1).to(dt), w1.reshape(n_runs * d, -1).to(dt), b1.reshape(-1).to(dt))
+        h = _CastLinear.apply(x.reshape(batch, -1).to(dt), w1.reshape(n_runs * d, -1), b1.reshape(-1))
         h = h.view(batch, n_runs, d).transpose(0, 1)  # (R, B, d), one wide GEMM above
         if len(self._keys) == 1:
             return h
         w2, b2 = self._get(self._keys[1] + "weight"), self._get(self._keys[1] + "bias")
-        z = torch.baddbmm(b2.to(dt).unsqueeze(1), F.gelu(h, approximate=self._gelu), w2.to(dt).transpose(1, 2))
+        z = _CastLinear.apply(F.gelu(h, approximate=self._gelu), w2, b2)
         if self.base.training and self._drop > 0:
             keep = torch.empty(batch, d, device=x.device).bernoulli_(1 - self._drop)  # shared by the runs
             z = z * (keep / (1 - self._drop)).to(dt)
@@ -140,7 +167,7 @@ class ProjectionStack(Stack):
         if "image.weight" not in self.params:
             return feats
         w, b = self.params["image.weight"], self.params["image.bias"]
-        return torch.baddbmm(b.to(dt).unsqueeze(1), feats.to(dt), w.to(dt).transpose(1, 2))
+        return _CastLinear.apply(feats.to(dt), w, b)
 
     def _scales(self) -> torch.Tensor:
         return F.softplus(self._get("loss.logit_scale_raw"))
