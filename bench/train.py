@@ -95,8 +95,11 @@ def step_and_matmul_gflops(stack_cfg: TrainConfig, x: np.ndarray, feats: dict, l
         loss.backward()
         opt.step()
 
+    flops = step_flops(B, layers, x.shape[1] * x.shape[2], stack_cfg.embed_dim, width)
+    reps = max(5, round(flops / (2 * n**3)))  # the same work as a step: both timings span similar windows
+
     def matmuls():
-        for _ in range(5):
+        for _ in range(reps):
             a @ b
 
     step(), matmuls()
@@ -104,8 +107,7 @@ def step_and_matmul_gflops(stack_cfg: TrainConfig, x: np.ndarray, feats: dict, l
     for _ in range(rounds):  # interleaved and best-of: both see the same share of a contended machine
         t_step = min(t_step, _seconds(step))
         t_mm = min(t_mm, _seconds(matmuls))
-    flops = step_flops(B, layers, x.shape[1] * x.shape[2], stack_cfg.embed_dim, width)
-    return flops / t_step / 1e9, 2 * n**3 * 5 / t_mm / 1e9
+    return flops / t_step / 1e9, 2 * n**3 * reps / t_mm / 1e9
 
 
 def main() -> None:
