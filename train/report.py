@@ -328,6 +328,7 @@ def plot_loss_curves(group: Sequence[BackboneSummary], runs: Sequence[Mapping[st
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     means = _mean_curves(runs, curves)
     panels = [s for s in group if any(k[0] == s.backbone for k in means)]
@@ -336,10 +337,12 @@ def plot_loss_curves(group: Sequence[BackboneSummary], runs: Sequence[Mapping[st
     rows, cols = _grid(len(panels), 3)
     cmap, norm = plt.get_cmap("viridis"), Normalize(0.0, 1.0)
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.2, 2.8 * rows + 0.9), squeeze=False, layout="constrained")
+        width = 6.6 if cols == 1 else 3.6 * cols + 1.2  # a lone panel gets room for its 2 x layers lines
+        fig, axes = plt.subplots(rows, cols, figsize=(width, 2.8 * rows + 1.6 - 0.4 * (rows > 1)), squeeze=False, layout="constrained")
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         for ax, s in zip(axes.flat, panels):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             for ls in s.layers + ([s.final] if s.final else []):
                 c = means.get((s.backbone, ls.pool, ls.layer))
                 if c is None:
@@ -355,7 +358,7 @@ def plot_loss_curves(group: Sequence[BackboneSummary], runs: Sequence[Mapping[st
         legend = [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", linestyle="--", label="validation"),
                   Line2D([], [], color="black", label="final layer")]  # fmt: skip
         s0 = group[0]
-        fig.suptitle(f"Loss per epoch and layer (mean over seeds and subjects) — {_context(s0.dataset, s0.fold, s0.encoder)}")
+        fig.suptitle(f"Loss per epoch and layer — {_context(s0.dataset, s0.fold, s0.encoder)}\n(mean over seeds and subjects)")
         fig.legend(handles=legend, loc="outside lower center", ncol=3, frameon=False)
         return _save(fig, path)
 
