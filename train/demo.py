@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from sa.errors import SAError
 from sa.train.synth import SynthOptions
@@ -32,8 +33,11 @@ PLANTED_LAYER = "13"
 VAL_FRACTION = 0.2
 FULL_SYNTH = dict(n_train_concepts=100, images_per_concept=4, n_test_concepts=50, n_reps_train=4, n_reps_test=4,
                   snr=2.0, n_sources=32)
-QUICK_SYNTH = dict(n_train_concepts=60, images_per_concept=3, n_test_concepts=10, n_reps_train=4, n_reps_test=10,
+QUICK_SYNTH = dict(n_train_concepts=100, images_per_concept=3, n_test_concepts=10, n_reps_train=4, n_reps_test=4,
                    n_channels=17, n_times=60, snr=2.0, n_sources=32)
+# The demo's models are tiny (a few hundred trials, 128-d embeddings): per-op thread synchronisation costs more
+# than it saves, and on a busy 2-core machine 2 intra-op threads made a 20-run job ~20x slower than 1 (72 s vs 3.2 s).
+SWEEP_THREADS = 1
 TRAIN = dict(encoder="eegproject", embed_dim=128, lr=1e-3, batch_size=64, select="val")
 
 
@@ -169,9 +173,10 @@ def run_demo(out: str | Path = "sa-demo", *, subjects: int = 2, seeds: int = 2, 
     t = time.perf_counter()
     say(f"[bold]2/3[/] sweep: every {planted['pool']} layer x {subjects} subject(s) x {seeds} seed(s), EEGProject, "
         f"{epochs} epochs -> {results_dir}")
-    res = sweep(data, planted["cache_key"], cache=cache, layers="all", pool=planted["pool"], encoders="eegproject",
-                seeds=seeds, out=results_dir, config=train_config(settings), val_fraction=VAL_FRACTION,
-                progress=progress, console=console)
+    with torch_threads(SWEEP_THREADS):
+        res = sweep(data, planted["cache_key"], cache=cache, layers="all", pool=planted["pool"], encoders="eegproject",
+                    seeds=seeds, out=results_dir, config=train_config(settings), val_fraction=VAL_FRACTION,
+                    progress=progress, console=console)
     seconds["sweep"] = time.perf_counter() - t
     if not res.summary:
         raise SAError(f"the sweep in {results_dir} produced no summary; delete {results_dir} and rerun.")
@@ -191,6 +196,19 @@ def run_demo(out: str | Path = "sa-demo", *, subjects: int = 2, seeds: int = 2, 
                       winner_test_top1=summary.best.top1.mean,
                       planted_rank=names.index(planted_name) + 1 if planted_name in names else len(names) + 1,
                       n_layers=len(names), trained=res.trained, skipped=res.skipped, seconds=seconds)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with n intra-op torch threads, then restore the previous setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _printer(console: Any, progress: bool) -> Callable[[str], None]:
