@@ -212,8 +212,8 @@ def _build_open_clip(spec: BackboneSpec, weights: Optional[str], random_init: bo
     kw: dict[str, Any] = {"force_quick_gelu": bool(cfg.get("quick_gelu", False)), "device": device}
     if image_size:
         kw["force_image_size"] = image_size
-    if random_init:
-        with _building_on(device):
+    if random_init:  # asked for: open_clip's "no pretrained weights loaded" warning would only alarm
+        with _building_on(device), _quiet_root_logger():
             model = open_clip.create_model(spec.arch, pretrained=None, **kw)
     elif weights:
         model = open_clip.create_model(spec.arch, pretrained=weights, require_pretrained=True, **kw)
