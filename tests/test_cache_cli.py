@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_cache_support import BKEY, ISET, N, write_group
+from support_cache import BKEY, ISET, N, write_group
 from typer.testing import CliRunner
 
 from sa.cache import open_root

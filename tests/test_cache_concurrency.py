@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cache_support import BKEY, BLOCK, ISET, N, WIDTHS, full_data, ids, write_group
+from support_cache import BKEY, BLOCK, ISET, N, WIDTHS, full_data, ids, write_group
 
 from sa.cache import GroupLocked, open_root
 
-SCRIPT = str(Path(__file__).with_name("test_cache_support.py"))
+SCRIPT = str(Path(__file__).with_name("support_cache.py"))
 KEY = f"{ISET}/{BKEY}"
 
 

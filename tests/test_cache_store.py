@@ -6,7 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
-from test_cache_support import BKEY, BLOCK, ISET, N, WIDTHS, block_data, full_data, ids, write_group
+from support_cache import BKEY, BLOCK, ISET, N, WIDTHS, block_data, full_data, ids, write_group
 
 from sa.cache import GroupLocked, open_root
 from sa.errors import SAError

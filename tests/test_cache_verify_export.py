@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from test_cache_support import BKEY, ISET, full_data, write_group
+from support_cache import BKEY, ISET, full_data, write_group
 
 from sa.cache import CorruptChunk, export_group, import_group, open_root
 from sa.errors import SAError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_sweep_support import fast_config, synth_dataset
+from support_sweep import fast_config, synth_dataset
 
 from sa.cache import open_root
 from sa.errors import SAError

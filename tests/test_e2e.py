@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from test_sweep_support import fast_config, synth_dataset
+from support_sweep import fast_config, synth_dataset
 from typer.testing import CliRunner
 
 from sa.cli import app

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_share_support import ISET, N, bkey, full_data, http_server, ids, make_group, tree_snapshot
+from support_share import ISET, N, bkey, full_data, http_server, ids, make_group, tree_snapshot
 from typer.testing import CliRunner
 
 from sa.cache import open_root
@@ -20,7 +20,7 @@ from sa.cache.share import copy_group, pull, push
 from sa.cli import app
 from sa.errors import SAError
 
-SCRIPT = str(Path(__file__).with_name("test_share_support.py"))
+SCRIPT = str(Path(__file__).with_name("support_share.py"))
 KEY = f"{ISET}/{bkey(0)}"
 
 

@@ -6,7 +6,7 @@ import uuid
 
 import numpy as np
 import pytest
-from test_share_support import ISET, bkey, free_port, full_data, make_group
+from support_share import ISET, bkey, free_port, full_data, make_group
 from typer.testing import CliRunner
 
 from sa.cache import open_root

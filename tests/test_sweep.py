@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_sweep_support import fast_config, metrics, synth_dataset
+from support_sweep import fast_config, metrics, synth_dataset
 
 from sa.cache import open_root
 from sa.errors import SAError

@@ -48,7 +48,7 @@ def write_group(root, *, lock: bool = True, progress_every: float = 0.0, blocks=
 
 
 if __name__ == "__main__":
-    # python test_cache_support.py ROOT MODE [blocks...]: MODE 'slow' writes all blocks slowly with the lock,
+    # python support_cache.py ROOT MODE [blocks...]: MODE 'slow' writes all blocks slowly with the lock,
     # 'blocks' writes the given blocks through open_writer (no lock), 'hold' takes the lock and sleeps.
     from sa.cache import open_root
 

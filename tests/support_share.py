@@ -94,7 +94,7 @@ def tree_snapshot(path: Path) -> dict[str, tuple[int, int]]:
 
 
 if __name__ == "__main__":
-    # python test_share_support.py ROOT MODE ...: 'slow I DELAY [GATE]' writes group I slowly, waits for the file GATE,
+    # python support_share.py ROOT MODE ...: 'slow I DELAY [GATE]' writes group I slowly, waits for the file GATE,
     # then finalizes it;
     # 'die I' writes two blocks then exits without finalizing; 'wait I TIMEOUT' tries to create group I,
     # on GroupLocked waits for it to complete, then prints the digest of 'final'; 'groups A B' writes groups A..B-1.
