@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sa.errors import SAError
-from sa.train.evaluate import kway_accuracy, retrieval_metrics
+from sa.train.evaluate import kway_accuracy, retrieval_metrics, top1_accuracy
 
 
 def brute_kway(sims: np.ndarray, targets: np.ndarray, k: int, seed: int) -> float:
@@ -50,8 +50,27 @@ def test_topk_and_mean_rank_by_hand():
 
 def test_kway_is_seeded():
     rng = np.random.default_rng(1)
-    b, g = rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
-    assert retrieval_metrics(b, g, seed=3) == retrieval_metrics(b, g, seed=3)
+    sims = rng.standard_normal((200, 200))
+    targets = np.arange(200)
+    assert kway_accuracy(sims, targets, 10, seed=3) == kway_accuracy(sims, targets, 10, seed=3)
+    draws = {kway_accuracy(sims, targets, 10, seed=s) for s in range(5)}
+    assert len(draws) > 1  # the seed really chooses the distractors
+
+
+def test_collapsed_embeddings_rank_last_not_first():
+    rng = np.random.default_rng(2)
+    gallery = rng.standard_normal((50, 8))
+    m = retrieval_metrics(np.zeros((50, 8)), gallery)  # every similarity ties
+    assert m["top1"] == 0 and m["top5"] == 0 and m["mean_rank"] == 50
+    assert top1_accuracy(torch.ones(50, 8), torch.as_tensor(gallery).float()) == 2.0  # only the row whose target wins outright
+
+
+def test_validation_top1_merges_identical_gallery_rows():
+    rng = np.random.default_rng(3)
+    images = torch.as_tensor(rng.standard_normal((20, 8))).float()
+    gallery = torch.cat([images, images])  # the same 20 images seen by two subjects
+    brain = gallery + 0.01 * torch.as_tensor(rng.standard_normal((40, 8))).float()
+    assert top1_accuracy(brain, gallery) == 100.0
 
 
 def test_bad_targets_raise():

@@ -17,15 +17,24 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def target_ranks(sims: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each row's target among the gallery (ties count in the target's favour)."""
+    """1-based rank of each row's target among the gallery; ties count against the target.
+
+    Pessimistic on purpose: a collapsed encoder (all similarities equal) must
+    rank last, not first, or it would win checkpoint selection.
+    """
     own = sims.gather(1, targets[:, None])
-    return (sims > own).sum(1) + 1
+    return (sims >= own).sum(1)
 
 
 def top1_accuracy(brain: torch.Tensor, gallery: torch.Tensor) -> float:
-    """% of rows whose own (same-index) gallery item ranks first; the per-epoch validation score."""
-    sims = cosine_similarity(brain, gallery)
-    return float((target_ranks(sims, torch.arange(len(sims), device=sims.device)) == 1).float().mean() * 100)
+    """% of rows whose own (same-index) gallery item ranks first; the per-epoch validation score.
+
+    Identical gallery rows (an image seen by several subjects in a LOSO fold)
+    are merged first, so a row is not penalised for tying with its own copy.
+    """
+    unique, targets = torch.unique(gallery, dim=0, return_inverse=True)
+    sims = cosine_similarity(brain, unique)
+    return float((target_ranks(sims, targets.to(sims.device)) == 1).float().mean() * 100)
 
 
 def kway_accuracy(sims: np.ndarray, targets: np.ndarray, k: int, seed: int = 0) -> float:
