@@ -4,11 +4,15 @@ Choice: the lock is one object, `<group>/writer.lock`, created with an atomic
 exclusive create (fsspec mode "xb": O_EXCL on local disks, conditional put on
 object stores that support it; check-then-write plus reading the token back
 on backends without it). It holds JSON {host, pid, user, since,
-refreshed, token}. The holder rewrites it on every `write_block` (refresh)
-and checks the token is still its own, so a writer whose lock was broken stops
-instead of writing on. A lock counts as stale, and is broken by the next
-writer, when its pid is dead on this same host or when it has not been
-refreshed for `stale_after` seconds (env SA_LOCK_STALE_S, default 900).
+refreshed, token}. While held, a heartbeat thread rewrites it every
+`stale_after / 4` seconds, and so does every `write_block` (refresh), each
+checking that the token is still its own, so a writer whose lock was broken
+stops instead of writing on; the heartbeat keeps the lock fresh through long
+blocks and while dask workers write for a client that writes nothing itself.
+A lock counts as stale, and is broken by the next writer, when its pid is
+dead on this same host, or, for a holder on another host, when it has not
+been refreshed for `stale_after` seconds (env SA_LOCK_STALE_S, default 900).
+A live process on this host is never stale.
 Helpers that write blocks of a group their client locked (dask workers) use
 `CacheRoot.open_writer`, which takes no lock; blocks never share a chunk, so
 they cannot lose each other's data.
@@ -20,6 +24,7 @@ import getpass
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -65,6 +70,7 @@ class WriterLock:
         self.display = display
         self.stale_after = stale_after_default() if stale_after is None else stale_after
         self.token: str | None = None
+        self._beat: tuple[threading.Thread, threading.Event] | None = None
 
     def _record(self, since: float) -> dict[str, Any]:
         """The JSON this process writes into the lock."""
@@ -84,12 +90,11 @@ class WriterLock:
             return {}
 
     def is_stale(self, record: dict[str, Any]) -> bool:
-        """True when the holder's pid is dead on this host or the lock has not been refreshed in time."""
+        """True when the holder's pid is dead on this host, or a holder elsewhere has not refreshed it in time."""
         if not record:
             return True
         if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
-            if not _pid_alive(record["pid"]):
-                return True
+            return not _pid_alive(record["pid"])
         return time.time() - float(record.get("refreshed", 0)) > self.stale_after
 
     def describe(self, record: dict[str, Any]) -> str:
@@ -132,6 +137,7 @@ class WriterLock:
         for _ in range(3):
             if self._try_create():
                 if (self.read() or {}).get("token") == self.token:
+                    self._start_heartbeat()
                     return
                 self.token = None
                 continue
@@ -155,8 +161,26 @@ class WriterLock:
         record = dict(holder, refreshed=time.time())
         self.fs.pipe_file(self.path, json.dumps(record).encode())
 
+    def _start_heartbeat(self) -> None:
+        """Refresh the lock in the background while it is held (stops when released or lost)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.stale_after / 4):
+                try:
+                    self.refresh()
+                except Exception:  # lost or unreachable: the next write_block/finalize reports it
+                    return
+
+        thread = threading.Thread(target=beat, name=f"sa-lock-heartbeat {self.display}", daemon=True)
+        thread.start()
+        self._beat = (thread, stop)
+
     def release(self) -> None:
-        """Delete the lock if it is still ours."""
+        """Stop the heartbeat and delete the lock if it is still ours."""
+        if self._beat is not None:
+            self._beat[1].set()
+            self._beat = None
         if self.token is None:
             return
         holder = self.read()

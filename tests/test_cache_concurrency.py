@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,30 @@ def test_lost_lock_stops_the_writer(tmp_path):
     with pytest.raises(GroupLocked, match="lost the writer lock"):
         writer.write_block(0, {n: np.zeros((BLOCK, w), np.float16) for n, w in WIDTHS.items()})
     assert writer.done_blocks() == set() and N > BLOCK
+
+
+def test_lock_staleness_and_heartbeat(tmp_path):
+    import json
+    import socket
+
+    import fsspec
+
+    from sa.cache.lock import WriterLock
+
+    fs = fsspec.filesystem("file")
+    (tmp_path / "g").mkdir()
+    lock = WriterLock(fs, str(tmp_path / "g"), "g", stale_after=0.4)
+    old = time.time() - 3600
+    # a live process on this host is never stale, however long since its last refresh
+    assert not lock.is_stale({"host": socket.gethostname(), "pid": os.getpid(), "refreshed": old})
+    # a holder on another host is stale once it stops refreshing
+    assert lock.is_stale({"host": "elsewhere", "pid": 1, "refreshed": old})
+    assert not lock.is_stale({"host": "elsewhere", "pid": 1, "refreshed": time.time()})
+    lock.acquire()
+    try:
+        first = json.loads(fs.cat_file(lock.path))["refreshed"]
+        time.sleep(0.6)
+        assert json.loads(fs.cat_file(lock.path))["refreshed"] > first  # the heartbeat kept it fresh
+    finally:
+        lock.release()
+    assert not fs.exists(lock.path)
