@@ -11,7 +11,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.progress_bar import ProgressBar  # noqa: F401  (re-exported for callers that style bars)
 
 
 class RateColumn(TextColumn):

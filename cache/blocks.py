@@ -32,6 +32,7 @@ class BlockRecord:
     def done(self) -> set[int]:
         """Indices of the blocks recorded as finished."""
         try:
+            self.fs.invalidate_cache(self.dir)  # s3fs/gcsfs cache listings; workers add markers meanwhile
             names = self.fs.ls(self.dir, detail=False)
         except FileNotFoundError:
             return set()

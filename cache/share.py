@@ -265,6 +265,9 @@ class GroupCopy:
         self.dst.loc.fs.makedirs(self.dst_dir, exist_ok=True)
         lock = WriterLock(self.dst.loc.fs, self.dst_dir, self.dst.loc.display(self.key))
         lock.acquire()
+        if self._dest_state(manifest):  # another copy finished while we waited for the lock
+            lock.release()
+            return CopyReport(self.key, self.src.url, self.dst.url, 0, 0, 0, 0, already_complete=True)
         try:
             partial = json.loads(raw)
             partial["attributes"]["sa"] = dict(manifest, status="partial", copying_from=f"{self.src.url}/{self.key}")

@@ -54,7 +54,3 @@ def pool_map(x: torch.Tensor) -> torch.Tensor:
         return x.float()
     return x.float().mean(dim=tuple(range(2, x.ndim)))
 
-
-def array_names(layer_labels: Sequence[str], pools: Sequence[str]) -> list[str]:
-    """The cache array names, `f"{pool}/{label}"` for every pool and layer, then `final`."""
-    return [f"{p}/{label}" for p in pools for label in layer_labels] + ["final"]

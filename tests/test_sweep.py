@@ -143,3 +143,13 @@ def test_concept_centre_gallery(synth, tmp_path):
     centre = _sweep(synth, tmp_path / "b", layers="9", seeds=1, gallery_cache=info["planted"]["cache_key"])
     assert not set(plain.run_ids) & set(centre.run_ids)
     assert sorted(metrics(r) for r in plain.rows()) == sorted(metrics(r) for r in centre.rows())
+
+
+def test_bad_seeds_are_one_clear_error():
+    from sa.errors import SAError
+    from sa.train.sweep import parse_seeds
+
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,1,4") == [4, 1]
+    for bad in ("x", "0,a", "0"):
+        with pytest.raises(SAError, match="--seeds"):
+            parse_seeds(bad)

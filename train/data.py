@@ -20,7 +20,7 @@ import numpy as np
 from sa.errors import SAError
 from sa.train.channels import pick_channels
 from sa.train.layouts import Layout, detect
-from sa.train.raw import RawSplit, RawSubject, first_bad_trial, sampling_rate
+from sa.train.raw import RawSplit, RawSubject, first_bad_trial
 from sa.train.things import find_image_root, is_image_root, train_dir_name
 
 BLOCK_ROWS = 128  # images read per block: bounds the working memory of averaging and checks

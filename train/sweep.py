@@ -97,7 +97,10 @@ class SweepResult:
 def parse_seeds(seeds: int | Sequence[int] | str) -> list[int]:
     """5 -> [0..4]; '0,3,7' or a list -> those seeds."""
     if isinstance(seeds, str):
-        seeds = int(seeds) if seeds.strip().isdigit() else [int(s) for s in seeds.split(",") if s.strip()]
+        try:
+            seeds = int(seeds) if seeds.strip().isdigit() else [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise SAError(f"--seeds {seeds!r} is neither a count (5) nor a comma list of seeds (0,1,2).") from None
     if isinstance(seeds, int):
         if seeds < 1:
             raise SAError(f"--seeds {seeds} must be at least 1 (the number of seeds), or a list like 0,1,2.")
