@@ -150,3 +150,17 @@ def test_require_runs_says_to_sweep(tmp_path):
     (tmp_path / "runs.csv").write_text(",".join(RUN_COLUMNS) + "\n")
     with pytest.raises(SAError, match=r"runs\.csv is empty; run `sa sweep` first"):
         require_runs(tmp_path)
+
+
+def test_summary_refuses_to_average_different_settings(tmp_path):
+    from sa.train.summary import summarize
+
+    rd = ResultsDir(tmp_path)
+    for layer, lr in (("02", 1e-4), ("03", 1e-4), ("03", 1e-3)):
+        row = _row(layer=layer)
+        row.update(lr=lr, run_id=run_id(**{**BASE, "layer": layer}, lr=lr))
+        rd.append_run(row)
+    with pytest.raises(SAError, match=r"different lr \(0\.0001, 0\.001\).*own --out"):
+        summarize(rd.runs())
+    (one,) = summarize([r for r in rd.runs() if r["lr"] == 1e-4])  # one setting: summarised as usual
+    assert one.backbone == "clip-rn50"

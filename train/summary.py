@@ -187,11 +187,28 @@ def summarize_backbone(rows: Sequence[Row]) -> BackboneSummary:
     )  # fmt: skip
 
 
+# Columns of runs.csv that must agree among the runs averaged into one summary row.
+SETTING_COLUMNS = ("epochs", "lr", "weight_decay", "batch_size", "temperature_init", "learn_temperature", "image_proj", "select")
+
+
+def _require_one_setting(rows: Sequence[Row]) -> None:
+    """SAError when one (dataset, fold, encoder, backbone) group mixes training settings: averaging them would mislead."""
+    for col in SETTING_COLUMNS:
+        values = sorted({str(r.get(col)) for r in rows})
+        if len(values) > 1:
+            r = rows[0]
+            raise SAError(
+                f"runs.csv mixes runs of {r['backbone']} ({r['encoder']}, {r['fold']}, {r['dataset']}) with different {col} "
+                f"({', '.join(values)}); sweep each setting into its own --out folder, or remove the other rows, before summarising.")
+
+
 def summarize(runs: Iterable[Row]) -> list[BackboneSummary]:
     """One summary per (dataset, fold, encoder, backbone), ordered by dataset, fold (intra first), encoder, parameters."""
     groups: dict[tuple[str, str, str, str], list[Row]] = defaultdict(list)
     for r in runs:
         groups[(str(r["dataset"]), str(r["fold"]), str(r["encoder"]), str(r["backbone"]))].append(r)
+    for rows in groups.values():
+        _require_one_setting(rows)
     out = [summarize_backbone(rows) for rows in groups.values()]
     fold_order = {"intra": 0, "loso": 1}
     width = defaultdict(int)  # encoders run on more backbones (the main sweep) come first

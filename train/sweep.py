@@ -23,7 +23,7 @@ from sa.errors import SAError
 from sa.train.trainer import TrainConfig
 
 # TrainConfig fields that change no trained number, so they stay out of run ids.
-NOT_IN_RUN_ID = ("device", "precision", "encoder", "ks", "eval_seed")
+NOT_IN_RUN_ID = ("device", "precision", "encoder")  # ks and eval_seed change the k-way numbers: they stay in
 
 
 @dataclass
