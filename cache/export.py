@@ -74,7 +74,15 @@ def read_export_manifest(path: str | os.PathLike) -> dict:
         raise SAError(f"{path} is not an HDF5 file; pass the .h5 file written by `sa cache export`.") from None
     if raw is None:
         raise SAError(f"{path} has no '{MANIFEST_ATTR}' attribute, so it is not an sa cache export; pass a file written by `sa cache export`.")
-    return json.loads(raw)
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        manifest = None
+    needed = ("image_set_id", "backbone_key", "arrays", "block_rows")
+    if not isinstance(manifest, dict) or any(k not in manifest for k in needed):
+        raise SAError(f"{path}: its '{MANIFEST_ATTR}' attribute is not a complete sa manifest (needs {', '.join(needed)}); "
+                      f"re-export the group with `sa cache export`.")
+    return manifest
 
 
 def import_group(path: str | os.PathLike, root: CacheRoot | str | None = None, *, progress: bool = True) -> FeatureGroup:

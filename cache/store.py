@@ -109,11 +109,16 @@ class CacheRoot:
             raw = self.loc.fs.cat_file(f"{self._group_path(key)}/zarr.json")
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except PermissionError:
+            raise SAError(f"cannot read {self.loc.display(key, 'zarr.json')} (permission denied); ask the cache's owner "
+                          f"to make the group readable (e.g. chmod -R a+rX).") from None
         try:
             meta = json.loads(raw)
         except ValueError:
-            raise SAError(f"the metadata {self.loc.display(key, 'zarr.json')} is not valid JSON; remove the group with "
-                          f"`sa cache rm {key}` and extract it again.") from None
+            meta = None
+        if not isinstance(meta, dict):
+            raise SAError(f"the metadata {self.loc.display(key, 'zarr.json')} is not a valid zarr.json; remove the group with "
+                          f"`sa cache rm {key}` and extract it again.")
         manifest = (meta.get("attributes") or {}).get("sa")
         return manifest if isinstance(manifest, dict) else None
 
@@ -165,7 +170,7 @@ class CacheRoot:
             meta = json.loads(self.loc.fs.cat_file(f"{path}/zarr.json"))
         except (OSError, ValueError):
             return None
-        return (meta.get("attributes") or {}).get("sa")
+        return (meta.get("attributes") or {}).get("sa") if isinstance(meta, dict) else None
 
     def _keys(self) -> list[str]:
         """Keys of every group (complete or partial) under the root."""

@@ -67,3 +67,17 @@ def test_import_of_damaged_export_stays_partial(tmp_path):
     (tmp_path / "plain.h5").write_bytes(b"not hdf5")
     with pytest.raises(SAError, match="not an HDF5 file"):
         import_group(tmp_path / "plain.h5", tmp_path / "b", progress=False)
+
+
+def test_malformed_manifests_are_one_clear_error(tmp_path):
+    root = open_root(tmp_path / "cache")
+    write_group(root)
+    out = tmp_path / "g.h5"
+    export_group(root, f"{ISET}/{BKEY}", out, progress=False)
+    with h5py.File(out, "r+") as h5:
+        h5.attrs["sa_manifest"] = '{"image_set_id": "x"}'
+    with pytest.raises(SAError, match=r"not a complete sa manifest.*sa cache export"):
+        import_group(out, tmp_path / "other", progress=False)
+    (tmp_path / "cache" / ISET / BKEY / "zarr.json").write_text("[1, 2]")
+    with pytest.raises(SAError, match=r"zarr\.json is not a valid zarr\.json.*sa cache rm"):
+        root.open(f"{ISET}/{BKEY}")
