@@ -204,8 +204,11 @@ def test_interrupted_pull_over_http_resumes_and_never_looks_complete(lab, tmp_pa
         group_dir = tmp_path / "mine" / ISET / bkey(0)
         chunks = sorted(p for p in group_dir.rglob("c/*/0"))
         chunks[0].write_bytes(chunks[0].read_bytes()[:-5])
-        report = pull(KEY, url, root=dest, progress=False)
+        torn = chunks[0].relative_to(group_dir).as_posix()
+        fetched: list[str] = []
+        report = pull(KEY, url, root=dest, progress=False, on_file=fetched.append)
     assert report.skipped >= 5 and report.copied < report.files
+    assert torn in fetched and len(fetched) < report.files  # the torn chunk was fetched again, whole files skipped
     assert _digests(dest) == _digests(open_root(lab))
     for name, arr in full_data().items():
         np.testing.assert_array_equal(dest.open(KEY).read(name), arr)
