@@ -141,7 +141,13 @@ class ITransformerLayer(nn.Module):
 
 
 class ATMS(nn.Module):
-    """ATM-S: channel-token transformer (d_model = T), TSConv patch embedding, residual projection head."""
+    """ATM-S: channel-token transformer (d_model = T), TSConv patch embedding, residual projection head.
+
+    Unlike the reference (EEG_Image_decode ATMS), there is no learned subject
+    token: the reference prepends one and then drops the last EEG channel,
+    which only matters when one model serves several subjects. The
+    reference's unused parameters are left out, so counts differ by those.
+    """
 
     def __init__(self, n_channels: int, n_times: int, embed_dim: int = 1024, n_heads: int = 4,
                  d_ff: int = 256, dropout: float = 0.25) -> None:
@@ -162,7 +168,11 @@ class ATMS(nn.Module):
 
 
 class EEGNet(nn.Module):
-    """braindecode EEGNetv4 (F1 8, D 2, F2 16, kernel 64, pools 4 and 8, dropout 0.25) -> Linear to embed_dim."""
+    """braindecode EEGNetv4 (F1 8, D 2, F2 16, kernel 64, pools 4 and 8, dropout 0.25) -> Linear to embed_dim.
+
+    Same layers and parameter count; braindecode's max-norm cap on the spatial
+    conv and its Glorot initialisation are not reproduced.
+    """
 
     def __init__(self, n_channels: int, n_times: int, embed_dim: int = 1024, f1: int = 8, depth: int = 2,
                  f2: int = 16, kernel: int = 64, dropout: float = 0.25) -> None:
