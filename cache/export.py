@@ -16,6 +16,7 @@ import numpy as np
 
 from sa.cache.manifest import IDS_ARRAY
 from sa.cache.store import CacheRoot, FeatureGroup, open_root
+from sa.cache.verify import manifest_digests
 from sa.errors import SAError
 from sa.progress import make_progress
 
@@ -92,10 +93,10 @@ def import_group(path: str | os.PathLike, root: CacheRoot | str | None = None, *
     manifest = read_export_manifest(path)
     cache = open_root(root)
     key = f"{manifest['image_set_id']}/{manifest['backbone_key']}"
-    expected = {n: m.get("digest") for n, m in manifest["arrays"].items()}
+    expected = manifest_digests(manifest)
     if cache.status(key) == "complete":
         existing = cache.open(key)
-        if {n: m.get("digest") for n, m in existing.manifest["arrays"].items()} == expected:
+        if manifest_digests(existing.manifest) == expected:
             return existing
         raise SAError(f"cache group {key} already exists under {cache.url} with different data; remove it with `sa cache rm {key}` first.")
     widths = {n: int(m["shape"][1]) for n, m in manifest["arrays"].items() if n != IDS_ARRAY}

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator
 from sa.cache.lock import WriterLock
 from sa.cache.manifest import IDS_ARRAY
 from sa.cache.store import CacheRoot, FeatureGroup, open_root
+from sa.cache.verify import manifest_digests, mismatched_arrays
 from sa.errors import SAError
 
 COPY_THREADS = 8
@@ -118,7 +119,7 @@ class GroupCopy:
         if existing is None:
             return False
         if existing.get("status") == "complete":
-            if _digests(existing) == _digests(manifest):
+            if manifest_digests(existing) == manifest_digests(manifest):
                 return True
             raise SAError(f"cache group {self.key} already exists under {self.dst.url} with different data; remove it "
                           f"there with `sa cache rm {self.key} --root {self.dst.url}` first.")
@@ -218,21 +219,8 @@ class GroupCopy:
 
     def _verify(self, manifest: dict, files: list[_File]) -> None:
         """Recompute every digest at the destination; delete the copies of bad arrays and raise."""
-        from sa.progress import make_progress
-
         group = FeatureGroup(self.dst, self.key, manifest)
-        expected = manifest.get("arrays") or {}
-        bad = []
-        with make_progress("array", disable=not self.progress, transient=True) as bar:
-            task = bar.add_task(f"verify copy of {self.key}", total=len(expected))
-            for name, meta in expected.items():
-                try:
-                    ok = group.digest(name) == meta.get("digest")
-                except Exception:  # noqa: BLE001 - undecodable or missing data is a failed check
-                    ok = False
-                if not ok:
-                    bad.append(name)
-                bar.advance(task)
+        bad = mismatched_arrays(group, manifest_digests(manifest), f"verify copy of {self.key}", self.progress)
         if bad:
             for name in bad:
                 for f in files:
@@ -283,11 +271,6 @@ class GroupCopy:
             lock.release()
         index.record(self.dst, self.key)
         return CopyReport(self.key, self.src.url, self.dst.url, len(files) + 1, len(todo) + 1, len(done), moved + len(raw))
-
-
-def _digests(manifest: dict) -> dict[str, Any]:
-    """name -> digest of a manifest's arrays."""
-    return {n: m.get("digest") for n, m in (manifest.get("arrays") or {}).items()}
 
 
 def _bytes_progress(disable: bool) -> Any:

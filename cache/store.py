@@ -40,7 +40,7 @@ from sa.cache.manifest import (
     now_iso,
 )
 from sa.cache.read import ArrayReader
-from sa.cache.verify import digest_blocks, digest_ids
+from sa.cache.verify import digest_blocks, digest_ids, manifest_digests, mismatched_arrays
 from sa.errors import SAError
 from sa.progress import make_progress
 
@@ -405,20 +405,7 @@ class CacheRoot:
         if manifest.get("status") != "complete":
             raise SAError(f"cache group {full} is partial, so it has no digests to verify yet; resume it by rerunning `sa extract`, "
                           f"or remove it with `sa cache rm {full}`.")
-        expected = manifest.get("arrays") or {}
-        group = FeatureGroup(self, full, manifest)
-        bad = []
-        with make_progress("array", disable=not progress, transient=True) as bar:
-            task = bar.add_task(f"verify {full}", total=len(expected))
-            for name, meta in expected.items():
-                try:
-                    ok = group.digest(name) == meta.get("digest")
-                except Exception:  # noqa: BLE001 - an undecodable or missing array is a failed check, whatever zarr raises
-                    ok = False
-                if not ok:
-                    bad.append(name)
-                bar.advance(task)
-        return bad
+        return mismatched_arrays(FeatureGroup(self, full, manifest), manifest_digests(manifest), f"verify {full}", progress)
 
 
 class FeatureGroup:

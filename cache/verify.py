@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -38,3 +38,26 @@ def digest_ids(ids: Iterable[str]) -> str:
         h.update(struct.pack("<Q", len(raw)))
         h.update(raw)
     return "sha256:" + h.hexdigest()
+
+
+def manifest_digests(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """name -> digest of every array a manifest lists (ids included)."""
+    return {name: meta.get("digest") for name, meta in (manifest.get("arrays") or {}).items()}
+
+
+def mismatched_arrays(group: Any, expected: Mapping[str, Any], label: str, progress: bool) -> list[str]:
+    """Names of `group`'s arrays whose recomputed digest differs from `expected` or which no longer decode."""
+    from sa.progress import make_progress
+
+    bad = []
+    with make_progress("array", disable=not progress, transient=True) as bar:
+        task = bar.add_task(label, total=len(expected))
+        for name, digest in expected.items():
+            try:
+                ok = group.digest(name) == digest
+            except Exception:  # noqa: BLE001 - an undecodable or missing array is a failed check, whatever zarr raises
+                ok = False
+            if not ok:
+                bad.append(name)
+            bar.advance(task)
+    return bad
