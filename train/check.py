@@ -42,6 +42,7 @@ class CheckReport:
     image_root: str | None
     subjects: list[SubjectSummary]
     problems: list[str]
+    unreadable: dict[str, str] = field(default_factory=dict)  # subject -> why it could not be read
 
     @property
     def ok(self) -> bool:
@@ -60,20 +61,39 @@ def _ids_from(raw: RawSubject, layout: str) -> str:
     return "dataset files"
 
 
-def _scan_subject(raw: RawSubject, problems: list[str], progress) -> None:
-    """Look at every stored value once for NaN/Inf, naming the subject and the first bad trial."""
+def _scan_subject(raw: RawSubject, problems: list[str], notes: list[str], progress) -> None:
+    """Look at every stored value once: NaN/Inf (naming the first bad trial) and channels that never change."""
     for split in ("train", "test"):
         s = getattr(raw, split)
         task = progress.add_task(f"{raw.subject} {split}", total=s.n_images)
         all_ch = list(range(s.n_channels))
+        lo = np.full(s.n_channels, np.inf)
+        hi = np.full(s.n_channels, -np.inf)
+        bad_found = False
         for start in range(0, s.n_images, SCAN_ROWS):
             stop = min(start + SCAN_ROWS, s.n_images)
-            bad = first_bad_trial(s.read_block(start, stop, all_ch, slice(None)))
+            block = s.read_block(start, stop, all_ch, slice(None))
+            bad = first_bad_trial(block)
             if bad is not None:
                 problems.append(f"{raw.subject}: {split} image row {start + bad[0]} (repetition {bad[1] + 1}) holds NaN or Inf values.")
+                bad_found = True
                 break
+            lo = np.minimum(lo, block.min(axis=(0, 1, 3)))
+            hi = np.maximum(hi, block.max(axis=(0, 1, 3)))
             progress.advance(task, stop - start)
         progress.remove_task(task)
+        if bad_found or not s.n_images:
+            continue
+        flat = np.flatnonzero(lo == hi)
+        if len(flat) == s.n_channels:
+            values = np.unique(lo)
+            what = f"every value is {values[0]:g}" if len(values) == 1 else "each channel holds one value"
+            problems.append(f"{raw.subject}: the {split} data are constant on every channel ({what} in {s.source}): "
+                            "they hold no signal; check how the file was written, or download it again.")
+        elif len(flat):
+            names = [raw.ch_names[i] if i < len(raw.ch_names) else str(i) for i in flat]
+            notes.append(f"{split}: channel(s) {', '.join(names[:8])}{' ...' if len(names) > 8 else ''} never change "
+                         "(flat); leave them out with --channels.")
 
 
 def _subject_problems(raw: RawSubject, ds: "BrainDataset") -> list[str]:
@@ -103,25 +123,28 @@ def _subject_problems(raw: RawSubject, ds: "BrainDataset") -> list[str]:
 def check_dataset(ds: "BrainDataset", scan: bool = True, progress: bool = False) -> CheckReport:
     """Open every subject, summarise it, and collect problems (scan=True also reads every value for NaN/Inf)."""
     problems = list(ds.problems)
-    summaries = []
+    summaries, unreadable = [], {}
     with make_progress("img", disable=not progress, transient=True) as bar:
         for name in ds.subjects:
             try:
                 raw = ds.raw(name)
             except SAError as exc:
                 problems.append(str(exc))
+                unreadable[name] = str(exc)
                 continue
-            summaries.append(SubjectSummary(
+            summary = SubjectSummary(
                 name, raw.train.shape, raw.test.shape, raw.train.dtype, raw.ch_names, raw.sfreq,
-                float(raw.times[0]), float(raw.times[-1]), _ids_from(raw, ds.layout), list(raw.notes)))
+                float(raw.times[0]), float(raw.times[-1]), _ids_from(raw, ds.layout), list(raw.notes))
+            summaries.append(summary)
             problems += _subject_problems(raw, ds)
             if scan:
                 try:
-                    _scan_subject(raw, problems, bar)
+                    _scan_subject(raw, problems, summary.notes, bar)
                 except SAError as exc:
                     problems.append(str(exc))
     if summaries and len({tuple(s.ch_names) for s in summaries}) > 1:
         problems.append("subjects have different channel lists; choose common channels with --channels for inter-subject training.")
     if not ds.subjects:
         problems.append(f"no subjects found in {ds.root}.")
-    return CheckReport(ds.layout, str(ds.root), None if ds.image_root is None else str(ds.image_root), summaries, problems)
+    return CheckReport(ds.layout, str(ds.root), None if ds.image_root is None else str(ds.image_root), summaries,
+                       list(dict.fromkeys(problems)), unreadable)

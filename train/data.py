@@ -65,14 +65,18 @@ class Selection:
     times: np.ndarray
 
 
-def open_dataset(path: Any, layout: str = "auto", image_root: str | Path | None = None) -> "BrainDataset":
-    """Open a brain dataset: a folder/file in a supported layout, or mne.Epochs (one, or a dict subject -> Epochs)."""
+def open_dataset(path: Any, layout: str = "auto", image_root: str | Path | None = None,
+                 meta: str | Path | None = None) -> "BrainDataset":
+    """Open a brain dataset: a folder/file in a supported layout, or mne.Epochs (one, or a dict subject -> Epochs).
+
+    `meta`: the folder with the THINGS metadata CSVs (THINGS-MEG .fif only; default: searched near the data).
+    """
     if not isinstance(path, (str, Path)):
         from sa.train.layout_array import epochs_layout
 
         return BrainDataset(epochs_layout(path), Path(image_root) if image_root else None)
     path = Path(path).expanduser()
-    found = detect(path, layout)
+    found = detect(path, layout, Path(meta).expanduser() if meta is not None else None)
     if image_root is not None:
         root = Path(image_root).expanduser()
         if not root.is_dir():
@@ -234,10 +238,14 @@ class _Stats:
         self.sq += np.einsum("kct,kct->c", x64, x64)
         self.n += x.shape[0] * x.shape[2]
 
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
+    def result(self, subjects: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std (1 for a constant channel); SAError when every channel is constant."""
         mean = self.s / max(self.n, 1)
         var = np.maximum(self.sq / max(self.n, 1) - mean**2, 0.0)
         std = np.sqrt(var)
+        if self.n and not (std > 1e-12 * np.maximum(np.abs(mean), 1e-30)).any():
+            raise SAError(f"the training EEG of {', '.join(subjects) or 'the subject'} is constant on every channel "
+                          f"(every value {float(mean[0]):g}): it holds no signal; check the file with `sa data check`.")
         std[std == 0] = 1.0
         return mean.astype(np.float32), std.astype(np.float32)
 
@@ -328,7 +336,7 @@ def _load(train_raws: list[RawSubject], test_raw: RawSubject, *, channels="all",
         stats = _Stats(n_c)
         for raw in train_raws:
             _scan(raw, "train", sels[raw.subject], [_Target(plan(raw, False), None, average_reps, stats=stats)])
-        scale = stats.result()
+        scale = stats.result([r.subject for r in train_raws])
     stats = _Stats(n_c) if zscore and scale is None else None
     train_t, val_t = _Target(np.zeros(0, bool), x_train, average_reps, stats=stats, scale=scale), _Target(np.zeros(0, bool), x_val, True, scale=scale)
     ids, concepts, val_ids, val_concepts_rows = [], [], [], []
@@ -344,7 +352,7 @@ def _load(train_raws: list[RawSubject], test_raw: RawSubject, *, channels="all",
     test_t = _Target(np.ones(test_raw.test.n_images, bool), x_test, True, scale=scale)
     _scan(test_raw, "test", sels[test_raw.subject], [test_t])
     if stats is not None:
-        scale = stats.result()
+        scale = stats.result([r.subject for r in train_raws])
         for x in (x_train, x_val, x_test):
             _normalise_inplace(x, *scale)
     options = {"channels": channels, "window": window, "average_reps": average_reps, "zscore": zscore,

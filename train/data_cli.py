@@ -25,16 +25,19 @@ def check_cmd(
     path: Path = typer.Argument(..., help="Dataset folder (or file): THINGS-EEG2 official/NICE/ATM/UBP/NeuroBridge, THINGS-MEG -epo.fif, or own arrays with CSV/TSV image tables."),
     images: Optional[Path] = typer.Option(None, "--images", "-i", help="THINGS image root (holds training_images/ or train_images/, and test_images/). Default: searched next to PATH."),
     layout: str = typer.Option("auto", "--layout", help="Force a layout: things-eeg2, things-pickle, ubp, neurobridge, things-meg-fif, array."),
-    scan: bool = typer.Option(True, "--scan/--no-scan", help="Read every value to find NaN/Inf (slower on full datasets)."),
+    meta: Optional[Path] = typer.Option(None, "--meta", help="THINGS-MEG: the THINGS Metadata folder with image_concept_index.csv and image_paths.csv. Default: searched near PATH and the images."),
+    scan: bool = typer.Option(True, "--scan/--no-scan", help="Read every value to find NaN/Inf and flat channels (slower on full datasets)."),
 ) -> None:
     """Detect the layout and print subjects, shapes, channels, sampling rate, time window, repetitions, the image folder and every problem (exit 1 if any)."""
     from sa.train.data import open_dataset
 
-    ds = open_dataset(path, layout=layout, image_root=images)
+    ds = open_dataset(path, layout=layout, image_root=images, meta=meta)
     report = ds.check(scan=scan, progress=True)
     console.print(f"[bold]layout[/]: {report.layout}   [bold]root[/]: {report.root}", highlight=False)
     console.print(f"[bold]image folder[/]: {report.image_root or 'not found (pass --images; THINGS layouts need it for image ids)'}", highlight=False)
-    console.print(f"[bold]subjects[/] ({len(report.subjects)}): {', '.join(ds.subjects)}", highlight=False)
+    console.print(f"[bold]subjects[/] ({len(ds.subjects)}): {', '.join(ds.subjects)}", highlight=False)
+    for name in report.unreadable:
+        console.print(f"  {name}: could not be read (see the problem below)", highlight=False)
     for s in report.subjects:
         console.print(
             f"  {s.subject}: train {s.train_shape} test {s.test_shape} ({s.dtype}; images x reps x channels x times), "
@@ -43,10 +46,12 @@ def check_cmd(
         console.print(f"    channels: {' '.join(s.ch_names[:20])}{' ...' if len(s.ch_names) > 20 else ''}", highlight=False)
         for note in s.notes:
             console.print(f"    note: {note}", highlight=False)
+    if len(report.problems) == 1:
+        raise _ProblemsFound(report.problems[0])
     if report.problems:
         for p in report.problems:
             err_console.print(f"[bold red]problem:[/] {p}", highlight=False, soft_wrap=True)
-        raise _ProblemsFound(f"{len(report.problems)} problem(s) found in {path}.")
+        raise _ProblemsFound(f"{len(report.problems)} problems found in {path} (listed above).")
     console.print("[green]no problems found[/]")
 
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import csv
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sa.errors import SAError
+from sa.errors import DamagedError, SAError
 from sa.train.layouts import Layout, subject_dirs
-from sa.train.raw import RawSubject, group_repetitions, indexed_split, sorted_read
+from sa.train.pickled import describe_text, open_npy
+from sa.train.raw import RawSubject, check_numeric, default_times, fit_times, group_repetitions, indexed_split, sorted_read
 from sa.train.things import concepts_of_ids
 
 ARRAY_EXTS = (".npy", ".npz", ".h5", ".hdf5")
@@ -76,7 +78,21 @@ def _open_array(path: Path) -> tuple[Any, dict]:
     suffix = path.suffix.lower()
     meta: dict = {}
     if suffix == ".npy":
-        return np.load(path, mmap_mode="r"), meta
+        return open_npy(path), meta
+    if path.stat().st_size == 0:
+        raise DamagedError(f"{path} is empty (0 bytes): its download or copy did not finish; download it again.")
+    try:
+        return _open_container(path, suffix, meta)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # an environment fault (permission, missing file): sa.errors.explain words it
+        text = describe_text(path.read_bytes()[:512])
+        what = text or f"not a readable {suffix[1:]} file ({exc})"
+        raise DamagedError(f"{path} is {what}: it is truncated or damaged; write or download it again.") from None
+
+
+def _open_container(path: Path, suffix: str, meta: dict) -> tuple[Any, dict]:
+    """The data array and metadata of an .npz or HDF5 file."""
     if suffix == ".npz":
         z = np.load(path)
         keys = list(z.keys())
@@ -104,7 +120,13 @@ def _open_array(path: Path) -> tuple[Any, dict]:
 def _info(folder: Path, root: Path) -> dict:
     for cand in (folder / "info.json", root / "info.json"):
         if cand.is_file():
-            return json.loads(cand.read_text())
+            try:
+                info = json.loads(cand.read_text())
+            except json.JSONDecodeError as exc:
+                raise SAError(f"{cand} is not valid JSON ({exc}); fix or remove it.") from None
+            if not isinstance(info, dict):
+                raise SAError(f"{cand} holds a JSON {type(info).__name__}, not an object with ch_names and times; fix it.")
+            return info
     return {}
 
 
@@ -144,6 +166,7 @@ def _table_split(data: Any, table: dict, rows: np.ndarray, where: str, notes: li
     n_rows = len(table[id_col])
     if n_rows != data.shape[0]:
         raise SAError(f"{where}: the table has {n_rows} rows but the array has {data.shape[0]}; they must match row for row.")
+    check_numeric(data, where)
     shape = tuple(data.shape)
     if len(shape) not in (3, 4):
         raise SAError(f"{where}: the array has shape {shape}; expected (N, reps, channels, times) or (N, channels, times).")
@@ -172,12 +195,11 @@ def _assemble(subject: str, splits: dict, info: dict, notes: list[str]) -> RawSu
         notes.append(f"no channel names stored for {subject}; named them ch001..ch{n_ch:03d} (add info.json with ch_names).")
         ch = [f"ch{i + 1:03d}" for i in range(n_ch)]
     if info.get("times") is not None:
-        times = np.asarray(info["times"], dtype=float)
+        times = fit_times(info["times"], n_t, notes, subject)
     elif info.get("sfreq") is not None:
         times = float(info.get("tmin", 0.0)) + np.arange(n_t) / float(np.asarray(info["sfreq"]))
     else:
-        notes.append(f"no time axis stored for {subject}; assumed 0..1 s (add info.json with times or sfreq/tmin).")
-        times = np.arange(n_t) / float(n_t)
+        times = default_times(n_t, notes, f"{subject} (add info.json with times, or sfreq and tmin)")
     return RawSubject(subject, [str(c) for c in ch], times, splits["train"], splits["test"], notes)
 
 

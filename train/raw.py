@@ -55,6 +55,47 @@ class RawSubject:
         return sampling_rate(self.times)
 
 
+def default_times(n_times: int, notes: list[str], what: str) -> np.ndarray:
+    """0..1 s epochs (the peers' re-preprocessed windows) when the data store no time axis.
+
+    An odd count like 201 is 0..1.0 s with both ends (mne's crop(tmin=0, tmax=1.0), UBP's MEG: 200 Hz);
+    otherwise n samples from 0 s at n Hz (250 -> 0..0.996 s).
+    """
+    if n_times > 1 and (n_times - 1) % 50 == 0 and n_times % 50 != 0:
+        sfreq = float(n_times - 1)
+        notes.append(f"{what} stores no time axis; assumed 0..1.000 s at {sfreq:g} Hz ({n_times} samples with both "
+                     "ends, as crop(tmin=0, tmax=1.0) gives).")
+    else:
+        sfreq = float(max(n_times, 1))
+        notes.append(f"{what} stores no time axis; assumed {n_times} samples from 0 s at {sfreq:g} Hz "
+                     f"(0..{(n_times - 1) / sfreq:.3f} s).")
+    return np.arange(n_times) / sfreq
+
+
+def fit_times(times: Any, n_times: int, notes: list[str], what: str) -> np.ndarray:
+    """The stored time axis matched to the data's samples.
+
+    The 63-channel 250 Hz variants (NICE, ATM, UBP, NeuroBridge) cut the data `[..., 50:]` after the baseline
+    but keep all 300 `times`; their loaders use `times[50:]`. When `times` is longer than the data by a leading
+    baseline (every extra point < 0 s), its last n points are used and a note says so; any other mismatch is an
+    SAError.
+    """
+    t = np.asarray(times, dtype=float).reshape(-1)
+    if len(t) == n_times:
+        return t
+    extra = len(t) - n_times
+    if extra > 0 and n_times > 0:
+        kept, dropped = t[extra:], t[:extra]
+        step = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+        if dropped.max() < 0 and kept[0] >= -0.5 * abs(step):
+            notes.append(f"{what}: `times` has {len(t)} points for {n_times} samples: the data were cut after a "
+                         f"{extra}-sample baseline ({dropped[0]:.3f}..{dropped[-1]:.3f} s, the peers' [..., {extra}:]), "
+                         f"so sa uses its last {n_times} points ({kept[0]:.3f}..{kept[-1]:.3f} s).")
+            return kept
+    raise SAError(f"{what}: the time axis has {len(t)} points but the data {n_times} samples, and the extra points are "
+                  "not a leading baseline before 0 s; fix or remove the stored times.")
+
+
 def sampling_rate(times: np.ndarray) -> float:
     """Sampling rate in Hz from evenly spaced time points (seconds)."""
     if len(times) < 2:
@@ -77,8 +118,20 @@ def as_4d(data: Any, source: str) -> Any:
     )
 
 
+def check_numeric(data: Any, source: str) -> None:
+    """SAError when stored trials are not numbers (strings, objects, booleans), naming the array and the fix."""
+    dtype = np.dtype(getattr(data, "dtype", np.asarray(data).dtype))
+    if dtype.kind in "fiu":
+        return
+    what = {"U": "text strings", "S": "byte strings", "O": "Python objects", "b": "booleans", "c": "complex numbers",
+            "M": "dates", "m": "time deltas", "V": "raw records"}.get(dtype.kind, "non-numbers")
+    raise SAError(f"{source} stores its EEG/MEG values as {what} ({dtype}), not as numbers; save them as a float "
+                  "array (e.g. x.astype('float32')) and try again.")
+
+
 def array_split(data: Any, source: str, image_ids=None, concepts=None) -> RawSplit:
     """A RawSplit over an array-like (ndarray, memmap, h5py dataset) of 3, 4 or 5 dimensions."""
+    check_numeric(data, source)
     arr = as_4d(data, source)
     n, r, c, t = (int(s) for s in arr.shape)
 

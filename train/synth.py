@@ -265,6 +265,31 @@ def planted_features(image_root: Path, train_ids: list[str], test_ids: list[str]
     return tr, te, info
 
 
+# the `sa data synth` option of each SynthOptions field, so a message names an option that exists
+OPTION_NAMES = {
+    "n_train_concepts": "--train-concepts", "images_per_concept": "--images-per-concept",
+    "n_test_concepts": "--test-concepts", "n_subjects": "--subjects", "n_channels": "--channels",
+    "n_times": "--times", "n_reps_train": "--reps-train", "n_reps_test": "--reps-test", "n_sources": "--sources",
+    "image_size": "--image-size", "sfreq": "--sfreq", "snr": "--snr",
+}
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+
+
+def validate(opts: SynthOptions) -> None:
+    """SAError naming the `sa data synth` option (and its valid range) for any size or rate that cannot work."""
+    for name in ("n_train_concepts", "images_per_concept", "n_test_concepts", "n_subjects", "n_channels", "n_times",
+                 "n_reps_train", "n_reps_test", "n_sources"):
+        value = getattr(opts, name)
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise SAError(f"{OPTION_NAMES[name]} must be a whole number of at least 1 (got {value}).")
+    if not MIN_IMAGE_SIZE <= opts.image_size <= MAX_IMAGE_SIZE:
+        raise SAError(f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels (got {opts.image_size}).")
+    for name in ("sfreq", "snr"):
+        value = float(getattr(opts, name))
+        if not np.isfinite(value) or value <= 0:
+            raise SAError(f"{OPTION_NAMES[name]} must be a positive number (got {getattr(opts, name)}).")
+
+
 def make_synth(out: str | Path, opts: SynthOptions | None = None, *, cache: str | Path | None = None,
                features: tuple[np.ndarray, np.ndarray] | None = None, progress: bool = True,
                log: Callable[[str], None] | None = None) -> dict:
@@ -277,9 +302,7 @@ def make_synth(out: str | Path, opts: SynthOptions | None = None, *, cache: str 
     out = Path(out)
     if (out / "synth.json").exists():
         raise SAError(f"{out} already holds a synthetic dataset (synth.json); choose a new folder or delete it.")
-    for field_name in ("n_train_concepts", "images_per_concept", "n_test_concepts", "n_subjects", "n_channels", "n_times"):
-        if getattr(opts, field_name) < 1:
-            raise SAError(f"--{field_name.replace('_', '-')} must be at least 1.")
+    validate(opts)
     train_ids, test_ids = write_images(out / "images", opts)
     if features is None:
         cache = cache if cache is not None else out / "cache"
