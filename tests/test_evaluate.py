@@ -65,12 +65,42 @@ def test_collapsed_embeddings_rank_last_not_first():
     assert top1_accuracy(torch.ones(50, 8), torch.as_tensor(gallery).float()) == 2.0  # only the row whose target wins outright
 
 
-def test_validation_top1_merges_identical_gallery_rows():
+def brute_top1(brain: np.ndarray, gallery: np.ndarray, ids) -> float:
+    """Row by row: the gallery is the first row of each distinct id; a hit beats every other id strictly."""
+    first = {}
+    for k, i in enumerate(ids):
+        first.setdefault(i, k)
+    unit = lambda a: a / np.linalg.norm(a)  # noqa: E731
+    hits = 0
+    for r in range(len(brain)):
+        own = unit(brain[r]) @ unit(gallery[first[ids[r]]])
+        others = [unit(brain[r]) @ unit(gallery[k]) for i, k in first.items() if i != ids[r]]
+        hits += all(own > o for o in others)
+    return 100.0 * hits / len(brain)
+
+
+def test_validation_top1_merges_repeated_images_by_id():
     rng = np.random.default_rng(3)
     images = torch.as_tensor(rng.standard_normal((20, 8))).float()
-    gallery = torch.cat([images, images])  # the same 20 images seen by two subjects
+    gallery = torch.cat([images, images])  # the same 20 images seen by two subjects (a LOSO fold)
+    ids = [f"img{k}" for k in range(20)] * 2
     brain = gallery + 0.01 * torch.as_tensor(rng.standard_normal((40, 8))).float()
-    assert top1_accuracy(brain, gallery) == 100.0
+    assert top1_accuracy(brain, gallery, ids) == 100.0 == brute_top1(brain.numpy(), gallery.numpy(), ids)
+    noisy = gallery + 0.8 * torch.as_tensor(rng.standard_normal((40, 8))).float()
+    assert top1_accuracy(noisy, gallery, ids) == pytest.approx(brute_top1(noisy.numpy(), gallery.numpy(), ids))
+    # without ids nothing is merged: each row ties with its copy, and ties count against the target
+    assert top1_accuracy(brain, gallery) == 0.0
+    with pytest.raises(SAError, match="one id per row"):
+        top1_accuracy(brain, gallery, ids[:5])
+
+
+def test_constant_features_score_at_chance_not_100():
+    """A dead layer (every image the same feature) once merged into one gallery row and scored 100 %."""
+    gallery = torch.ones(30, 8)  # what every image of a constant layer projects to
+    brain = torch.as_tensor(np.random.default_rng(4).standard_normal((30, 8))).float()
+    ids = [f"img{k}" for k in range(30)]
+    assert top1_accuracy(brain, gallery, ids) == 0.0 == brute_top1(brain.numpy(), gallery.numpy(), ids)
+    assert top1_accuracy(brain, gallery) == 0.0
 
 
 def test_bad_targets_raise():

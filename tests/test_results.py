@@ -152,7 +152,7 @@ def test_require_runs_says_to_sweep(tmp_path):
         require_runs(tmp_path)
 
 
-def test_summary_refuses_to_average_different_settings(tmp_path):
+def test_summary_keeps_different_settings_apart(tmp_path):
     from sa.train.summary import summarize
 
     rd = ResultsDir(tmp_path)
@@ -160,7 +160,9 @@ def test_summary_refuses_to_average_different_settings(tmp_path):
         row = _row(layer=layer)
         row.update(lr=lr, run_id=run_id(**{**BASE, "layer": layer}, lr=lr))
         rd.append_run(row)
-    with pytest.raises(SAError, match=r"different lr \(0\.0001, 0\.001\).*own --out"):
-        summarize(rd.runs())
-    (one,) = summarize([r for r in rd.runs() if r["lr"] == 1e-4])  # one setting: summarised as usual
-    assert one.backbone == "clip-rn50"
+    a, b = summarize(rd.runs())
+    assert (a.variant, b.variant) == ((("lr", "0.0001"),), (("lr", "0.001"),))
+    assert [ls.layer for ls in a.layers] == ["02", "03"] and [ls.layer for ls in b.layers] == ["03"]
+    assert a.variant_label == "lr=0.0001"
+    (one,) = summarize([r for r in rd.runs() if r["lr"] == 1e-4])  # one setting: summarised as usual, no label
+    assert one.backbone == "clip-rn50" and one.variant == ()

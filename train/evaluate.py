@@ -26,13 +26,25 @@ def target_ranks(sims: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (sims >= own).sum(1)
 
 
-def top1_accuracy(brain: torch.Tensor, gallery: torch.Tensor) -> float:
+def top1_accuracy(brain: torch.Tensor, gallery: torch.Tensor, ids: Sequence[str] | np.ndarray | None = None) -> float:
     """% of rows whose own (same-index) gallery item ranks first; the per-epoch validation score.
 
-    Identical gallery rows (an image seen by several subjects in a LOSO fold)
-    are merged first, so a row is not penalised for tying with its own copy.
+    With `ids` (one image id per row), rows showing the same image (an image
+    seen by several subjects in a LOSO fold) share one gallery entry, so a row
+    is not penalised for tying with its own copy. Rows are merged by id only,
+    never by value: a layer whose features are all equal must score at chance,
+    not 100 %.
     """
-    unique, targets = torch.unique(gallery, dim=0, return_inverse=True)
+    if ids is None:
+        targets = torch.arange(len(gallery))
+        unique = gallery
+    else:
+        names = np.asarray([str(i) for i in ids])
+        if len(names) != len(gallery):
+            raise SAError(f"top1_accuracy got {len(names)} image ids for {len(gallery)} gallery rows; give one id per row.")
+        _, first, inverse = np.unique(names, return_index=True, return_inverse=True)
+        unique = gallery[torch.as_tensor(first, device=gallery.device)]
+        targets = torch.as_tensor(inverse.reshape(-1))
     sims = cosine_similarity(brain, unique)
     return float((target_ranks(sims, targets.to(sims.device)) == 1).float().mean() * 100)
 

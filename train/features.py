@@ -164,10 +164,7 @@ class FeatureTable:
             data = self.group.read(name, self._sorted_rows)
             out = np.empty_like(data)
             out[self._order] = data
-            if not np.isfinite(out).all():
-                raise SAError(f"array {name!r} of cache group {self.group.key} holds NaN/Inf for some of the "
-                              "dataset's images (unreadable images?); re-extract them or drop those trials.")
-            self._arrays[name] = out
+            self._arrays[name] = out  # NaN/Inf are kept: feature_health flags the layer, which is then not trained
         return self._arrays[name]
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
@@ -181,6 +178,48 @@ class FeatureTable:
     def features(self, ids: Sequence[str], name: str) -> np.ndarray:
         """float32 features of `name` for each id, in order."""
         return self.array(name)[self.rows(ids)].astype(np.float32)
+
+
+# A layer is near-constant when its images differ by less than this share of the features' size ...
+NEAR_CONSTANT_SPREAD = 1e-3
+# ... or when fewer than this share of its images have distinct features (values quantised to a few levels).
+MIN_DISTINCT_SHARE = 0.5
+
+
+def feature_health(a: np.ndarray) -> str:
+    """'ok', or the flag of a layer that must never be chosen: non-finite, constant or near-constant features.
+
+    `a` is (n images, D) as stored. Near-constant: the spread between images is
+    below NEAR_CONSTANT_SPREAD of the features' RMS, fewer than half of the
+    images are distinct, or (float16 storage) the spread lies below float16's
+    smallest normal number, where the differences are mostly rounding. A
+    random-init backbone, an fp16 underflow or a dead ReLU stage look like this.
+    """
+    from sa.train.results import FEATURE_FLAGS, STATUS_OK
+
+    non_finite, constant, near_constant = FEATURE_FLAGS[2], FEATURE_FLAGS[0], FEATURE_FLAGS[1]
+    x = np.asarray(a)
+    if not np.isfinite(x).all():
+        return non_finite
+    if len(x) < 2:
+        return STATUS_OK
+    wide = x.astype(np.float64)
+    spread = float(np.sqrt(np.mean((wide - wide.mean(axis=0)) ** 2)))
+    size = float(np.sqrt(np.mean(wide**2)))
+    if spread == 0.0:
+        return constant
+    if spread < NEAR_CONSTANT_SPREAD * size:
+        return near_constant
+    if x.dtype == np.float16 and spread < float(np.finfo(np.float16).tiny):
+        return near_constant
+    if len(x) >= 4 and len(np.unique(x, axis=0)) < MIN_DISTINCT_SHARE * len(x):
+        return near_constant
+    return STATUS_OK
+
+
+def layer_health(table: "FeatureTable", pool: str, layers: Sequence[str]) -> dict[str, str]:
+    """feature_health of every layer over all the images a subject needs (train, val and test)."""
+    return {layer: feature_health(table.array(array_name(pool, layer))) for layer in layers}
 
 
 def split_features(table: FeatureTable, split: Any, pool: str, layers: Sequence[str]) -> dict[str, np.ndarray]:

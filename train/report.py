@@ -21,16 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from sa.train.results import ResultsDir, require_runs
+from sa.errors import SAError
+from sa.train.results import SETTING_COLUMNS, STATUS_DIVERGED, ResultsDir, require_runs
 from sa.train.summary import (
-    FOLD_TITLES,
+    NOT_RECORDED,
     BackboneSummary,
+    _cell,
     ScalingFit,
     by_encoder,
     encoder_grid,
+    flag_notes,
     fmt_params,
     markdown_table,
     scaling_fit,
+    section_title,
     sections,
     spread_note,
     subject_header,
@@ -92,9 +96,9 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _context(dataset: str, fold: str, encoder: str | None = None) -> str:
+def _context(dataset: str, fold: str, encoder: str | None = None, variant: str = "") -> str:
     enc = f", encoder {encoder}" if encoder else ""
-    return f"{dataset}, {FOLD_TITLES.get(fold, fold)}{enc}"
+    return f"{section_title(dataset, fold, variant)}{enc}"
 
 
 # -- (1) per-layer curves ----------------------------------------------------------------
@@ -121,6 +125,10 @@ def plot_layers(group: Sequence[BackboneSummary], path: Path) -> Path:
                 ax.fill_between(x, m - sd, m + sd, color=color, alpha=0.2, linewidth=0)
                 ax.plot(x, m, "-o", color=color, markersize=3, linewidth=1.5, label=label)
                 ymax = max(ymax, float(np.max(m + sd)) if m.size else 0.0)
+            bad = [ls for ls in s.layers if ls.flag and ls.depth is not None]
+            if bad:
+                ax.plot([ls.depth for ls in bad], [ls.top1.mean if ls.top1.n else 0.0 for ls in bad], marker="x",
+                        markersize=7, color="#8c564b", linestyle="none", label="degenerate features (never chosen)")
             if s.best.depth is not None:
                 ax.plot([s.best.depth], [s.best.top1.mean], marker="*", markersize=13, color="#d62728", linestyle="none",
                         label="best layer (by validation)", zorder=5)  # fmt: skip
@@ -133,9 +141,13 @@ def plot_layers(group: Sequence[BackboneSummary], path: Path) -> Path:
         for ax in axes[:, 0]:
             ax.set_ylabel("test top-1 (%)")
         axes[0, 0].set_ylim(0, min(100.0, ymax * 1.1 + 1))
-        handles, labels = axes.flat[0].get_legend_handles_labels()
+        seen: dict[str, Any] = {}
+        for ax in axes.flat[: len(group)]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
+        handles, labels = list(seen.values()), list(seen)
         s0 = group[0]
-        fig.suptitle(f"Per-layer test top-1 — {_context(s0.dataset, s0.fold, s0.encoder)}")
+        fig.suptitle(f"Per-layer test top-1 — {_context(s0.dataset, s0.fold, s0.encoder, s0.variant_label)}")
         fig.legend(handles, labels, loc="outside lower center", ncol=len(labels) if cols > 1 else 2, frameon=False)
         return _save(fig, path)
 
@@ -169,7 +181,7 @@ def plot_best_vs_final(group: Sequence[BackboneSummary], path: Path) -> Path:
             ax.set_ylim(0, 105)
         axes[0].set_ylabel("accuracy (%)")
         s0 = group[0]
-        fig.suptitle(f"Best vs final layer — {_context(s0.dataset, s0.fold, s0.encoder)}")
+        fig.suptitle(f"Best vs final layer — {_context(s0.dataset, s0.fold, s0.encoder, s0.variant_label)}")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
         return _save(fig, path)
@@ -252,7 +264,7 @@ def plot_scaling(group: Sequence[BackboneSummary], path: Path) -> Path:
         ax.set_ylabel("test top-1 (%)")
         ax.set_ylim(0, 100)
         s0 = group[0]
-        ax.set_title(f"Scaling — {_context(s0.dataset, s0.fold, s0.encoder)} ({n} backbone{'s' if n != 1 else ''})")
+        ax.set_title(f"Scaling — {_context(s0.dataset, s0.fold, s0.encoder, s0.variant_label)} ({n} backbone{'s' if n != 1 else ''})")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         return _save(fig, path)
 
@@ -290,7 +302,7 @@ def plot_encoder_grid(section: Sequence[BackboneSummary], path: Path) -> Path:
         cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
         cb.set_label("best-layer test top-1 (%)")
         s0 = section[0]
-        ax.set_title(f"Encoder × backbone: best-layer test top-1\n{_context(s0.dataset, s0.fold)}")
+        ax.set_title(f"Encoder × backbone: best-layer test top-1\n{_context(s0.dataset, s0.fold, None, s0.variant_label)}")
         return _save(fig, path)
 
 
@@ -358,7 +370,7 @@ def plot_loss_curves(group: Sequence[BackboneSummary], runs: Sequence[Mapping[st
         legend = [Line2D([], [], color="0.3", label="train"), Line2D([], [], color="0.3", linestyle="--", label="validation"),
                   Line2D([], [], color="black", label="final layer")]  # fmt: skip
         s0 = group[0]
-        fig.suptitle(f"Loss per epoch and layer — {_context(s0.dataset, s0.fold, s0.encoder)}\n(mean over seeds and subjects)")
+        fig.suptitle(f"Loss per epoch and layer — {_context(s0.dataset, s0.fold, s0.encoder, s0.variant_label)}\n(mean over seeds and subjects)")
         fig.legend(handles=legend, loc="outside lower center", ncol=3, frameon=False)
         return _save(fig, path)
 
@@ -380,6 +392,39 @@ def _grid_markdown(section: Sequence[BackboneSummary]) -> str:
     return markdown_table(["encoder"] + backbones, rows)
 
 
+def prepare_folder(out_dir: Path) -> None:
+    """Create the report folder and prove it can be written (before any plotting); drop a stale results.md.
+
+    results.md is written last, so a report cut short never leaves an older complete-looking one beside new PNGs.
+    """
+    import tempfile
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SAError(f"report folder {out_dir} is a file; give a folder with --out (it will hold PNGs and results.md).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".sa-probe-", dir=out_dir)
+    os.close(fd)
+    os.unlink(probe)
+    (out_dir / "results.md").unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file beside `path`, then rename it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def legacy_note(missing: Sequence[str]) -> str | None:
+    """What is assumed when runs.csv was written by an older sa without some setting columns."""
+    settings = [c for c in missing if c in SETTING_COLUMNS or c in ("status", "precision")]
+    if not settings:
+        return None
+    return (f"This runs.csv was written by an older sa without the column(s) {', '.join(settings)}: its rows are "
+            f"assumed to share one value of each (shown as '{NOT_RECORDED}'), and runs with a missing status are "
+            "taken as finished normally; runs written since are grouped apart from them.")
+
+
 def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Report:
     """Write the PNGs and results.md for a results folder into `out` (default `<results>/report`); return what was written."""
     from sa.progress import make_progress
@@ -389,31 +434,36 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     curves = rd.curves()
     summaries = summarize(runs)
     out_dir = Path(out) if out is not None else rd.path / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_folder(out_dir)
     report = Report(out_dir, out_dir / "results.md", summaries=summaries)
     md = [
         "# Shallow Alignment results\n",
         f"From `{rd.runs_path}` ({len(runs)} runs), written {datetime.now(timezone.utc).isoformat(timespec='seconds')}. "
         "Accuracies in %. Best layers are chosen by validation top-1 (held-out training concepts); "
-        "the test set is only scored.\n",
+        "the test set is only scored. Runs that differ in any setting (channels, window, learning rate, ...) are "
+        "never averaged together: each setting is its own section.\n",
     ]
+    note = legacy_note(rd.missing_columns())
+    if note:
+        md.append(f"Note: {note}\n")
     secs = sections(summaries)
     jobs: list[tuple[str, Callable[[], Path | None]]] = []
-    for (dataset, fold), sec in secs.items():
+    for (dataset, fold, variant), sec in secs.items():
         multi = len(by_encoder(sec)) > 1
-        base = f"{_slug(dataset)}-{fold}"
-        md.append(f"## {dataset}, {FOLD_TITLES.get(fold, fold)}\n")
+        base = f"{_slug(dataset)}-{fold}" + (f"-{_slug(variant)}" if variant else "")
+        md.append(f"## {section_title(dataset, fold, variant)}\n")
         for encoder, group in by_encoder(sec).items():
             stem = f"{base}-{_slug(encoder)}" if multi else base
             names = {k: out_dir / f"{stem}-{k}.png" for k in ("layers", "best-vs-final", "scaling", "loss-curves")}
             md += [f"### Encoder {encoder}\n", markdown_table(summary_header(), [summary_cells(s) for s in group]),
                    "", spread_note(group), "", _fits_line(group), ""]  # fmt: skip
-            group_runs = [r for r in runs if (str(r["dataset"]), str(r["fold"]), str(r["encoder"])) == (dataset, fold, encoder)]
+            md += [f"Note: {n}\n" for n in flag_notes(group)]
+            fold_runs = [r for r in runs if (str(r["dataset"]), str(r["fold"])) == (dataset, fold)]
             jobs += [
                 ("layers", lambda g=group, p=names["layers"]: plot_layers(g, p)),
                 ("best-vs-final", lambda g=group, p=names["best-vs-final"]: plot_best_vs_final(g, p)),
                 ("scaling", lambda g=group, p=names["scaling"]: plot_scaling(g, p)),
-                ("loss-curves", lambda g=group, r=group_runs, p=names["loss-curves"]: plot_loss_curves(g, r, curves, p)),
+                ("loss-curves", lambda g=group, r=_runs_of(fold_runs, group), p=names["loss-curves"]: plot_loss_curves(g, r, curves, p)),
             ]
             for kind, p in names.items():
                 md.append(f"![{kind}, {encoder}]({p.name})")
@@ -432,5 +482,28 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
             bar.advance(task)
     written = {p.name for p in report.figures}
     text = "\n".join(line for line in md if not (line.startswith("![") and line[line.rfind("(") + 1 : -1] not in written))
-    report.markdown.write_text(text + "\n", encoding="utf-8")
+    _write_atomic(report.markdown, text + "\n")
     return report
+
+
+def _runs_of(fold_runs: Sequence[Mapping[str, Any]], group: Sequence[BackboneSummary]) -> list[Mapping[str, Any]]:
+    """The runs behind a group's summaries (same encoder and setting; backbone named as the summary names it), for
+    the loss curves; diverged runs are left out. `fold_runs` are all runs of the group's dataset and fold."""
+    from sa.train.summary import varying_settings
+
+    columns = varying_settings(fold_runs)  # as summarize() split this fold
+    variants = {s.variant for s in group}
+    labels = {s.backbone for s in group}
+    encoders = {s.encoder for s in group}
+    out = []
+    for r in fold_runs:
+        if r.get("status") == STATUS_DIVERGED or str(r["encoder"]) not in encoders:
+            continue
+        if tuple((c, _cell(r.get(c))) for c in columns) not in variants:
+            continue
+        plain = str(r["backbone"])
+        keyed = f"{plain} [{str(r.get('cache_key')).rsplit('/', 1)[-1]}]"
+        label = keyed if keyed in labels else plain if plain in labels else None
+        if label is not None:
+            out.append({**r, "backbone": label})
+    return out

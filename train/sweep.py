@@ -7,6 +7,12 @@ each layer's features read once, every layer of a seed trained as one stack.
 A job's curves and rows are appended as soon as it finishes, so an interrupted
 sweep resumes where it stopped. Jobs run in-process or as dask tasks
 (distributed.py); workers read data and features themselves.
+
+Every option is checked before any data are read, and the results folder is
+claimed (one writer, `ResultsDir.writing`) before any run is trained. A row's
+`status` says when its numbers are not a result: the run diverged, or its
+layer's features are constant, near-constant or non-finite (such a layer is
+never chosen; a non-finite one is not trained at all).
 """
 
 from __future__ import annotations
@@ -38,6 +44,16 @@ class DataOptions:
     layout: str = "auto"
     image_root: str | None = None
 
+    def check(self) -> None:
+        """SAError naming the option when the validation share or split seed cannot work."""
+        v = self.val_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise SAError(f"--val-fraction {v} must be at least 0 and below 1 (the share of training concepts held out).")
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or self.split_seed < 0:
+            raise SAError(f"--split-seed {self.split_seed} must be a whole number of at least 0.")
+        if self.window is not None and not all(np.isfinite(self.window)):
+            raise SAError(f"--window {self.window} must be two finite times in seconds, e.g. 0,1.")
+
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of BrainDataset.load / load_loso."""
         return {"channels": self.channels, "window": self.window, "average_reps": not self.single_trials,
@@ -47,6 +63,31 @@ class DataOptions:
         """The options that change the data a run sees (for run ids)."""
         return {"channels": self.channels, "window": None if self.window is None else list(self.window),
                 "single_trials": self.single_trials, "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+
+    def row_fields(self) -> dict[str, Any]:
+        """The same options as runs.csv cells (the whole epoch is 'all', never an empty cell: that means 'not recorded')."""
+        channels = self.channels if isinstance(self.channels, str) else ",".join(self.channels)
+        window = "all" if self.window is None else f"{self.window[0]!r}:{self.window[1]!r}"
+        return {"channels": channels, "window": window, "single_trials": self.single_trials,
+                "val_fraction": self.val_fraction, "split_seed": self.split_seed}
+
+
+def data_options(channels: Any = "all", window: Any = None, single_trials: bool = False, val_fraction: float = 0.1,
+                 split_seed: int = 0, layout: str = "auto", image_root: Any = None) -> DataOptions:
+    """Checked DataOptions from the sweep/train arguments."""
+    options = DataOptions(channels=channels if isinstance(channels, str) else list(channels), window=parse_window(window),
+                          single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
+                          image_root=None if image_root is None else os.fspath(image_root))
+    options.check()
+    return options
+
+
+def check_training(cfg: TrainConfig, options: DataOptions) -> None:
+    """Every training and data option checked together, before any data are read."""
+    cfg.check()
+    options.check()
+    if cfg.needs_validation and options.val_fraction <= 0:
+        raise SAError(f"--select {cfg.select} needs a validation split; set --val-fraction above 0 or use --select last.")
 
 
 @dataclass
@@ -95,10 +136,11 @@ class SweepResult:
 
 
 def parse_seeds(seeds: int | Sequence[int] | str) -> list[int]:
-    """5 -> [0..4]; '0,3,7' or a list -> those seeds."""
+    """5 -> [0..4]; '0,3,7' or a list -> those seeds (each at least 0)."""
     if isinstance(seeds, str):
+        text = seeds.strip()
         try:
-            seeds = int(seeds) if seeds.strip().isdigit() else [int(s) for s in seeds.split(",") if s.strip()]
+            seeds = int(text) if re.fullmatch(r"[+-]?\d+", text) else [int(s) for s in text.split(",") if s.strip()]
         except ValueError:
             raise SAError(f"--seeds {seeds!r} is neither a count (5) nor a comma list of seeds (0,1,2).") from None
     if isinstance(seeds, int):
@@ -108,6 +150,9 @@ def parse_seeds(seeds: int | Sequence[int] | str) -> list[int]:
     out = list(dict.fromkeys(int(s) for s in seeds))
     if not out:
         raise SAError("--seeds lists no seed; give a count (5) or a list (0,1,2).")
+    negative = [s for s in out if s < 0]
+    if negative:
+        raise SAError(f"--seeds lists {negative[0]}; seeds must be at least 0 (a count like 5, or a list like 0,1,2).")
     return out
 
 
@@ -120,6 +165,8 @@ def parse_window(window: str | Sequence[float] | None) -> tuple[float, float] | 
         lo, hi = (float(p) for p in parts)
     except (TypeError, ValueError):
         raise SAError(f"--window {window!r} is not 'tmin,tmax' in seconds, e.g. 0,1.") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo >= hi:
+        raise SAError(f"--window {window!r} must be two finite times in seconds with tmin < tmax, e.g. 0,1.")
     return lo, hi
 
 
@@ -278,38 +325,75 @@ class Loader:
         return table, stimulus_gallery(table, subj.test, job.pool, layers)
 
 
-def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = False) -> list[tuple[dict, list[dict], Any]]:
-    """Train a job's runs; returns per run (runs.csv row, curves, model or None) in job.runs order."""
+def precision_name(cfg: TrainConfig) -> str:
+    """The precision a run trains in on this machine (the `precision` column): fp32 or bf16."""
+    from sa.train.trainer import resolve_device, resolve_precision
+
+    return "fp32" if resolve_precision(cfg.precision, resolve_device(cfg.device)) is None else "bf16"
+
+
+def _row(job: Job, lyr: str, seed: int, rid: str, cfg: TrainConfig, res: Any, status: str, has_val: bool) -> dict:
+    """The runs.csv row of one run; `res` is its RunResult, or None for a layer that was not trained."""
     from sa import __version__
-    from sa.train.features import split_features
+
+    num = (lambda v: None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v)  # noqa: E731
+    kway = res.kway if res is not None else {}
+    return {
+        "run_id": rid, "dataset": job.dataset, "subject": job.subject, "fold": job.fold,
+        "backbone": job.backbone.get("name"), "cache_key": job.cache_key, "backbone_params": job.backbone.get("params"),
+        "n_blocks": job.backbone.get("n_blocks"), "pool": "" if lyr == "final" else job.pool, "layer": lyr,
+        "depth": job.backbone.get("depth", {}).get(lyr), "encoder": job.encoder,
+        "encoder_params": None if res is None else res.encoder_params, "image_proj": cfg.image_proj,
+        "embed_dim": cfg.embed_dim, "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+        "batch_size": cfg.batch_size, "temperature_init": cfg.temperature, "learn_temperature": cfg.learn_temperature,
+        "temperature_final": None if res is None else res.temperature_final, "select": cfg.select,
+        **job.options.row_fields(), "gallery": job.gallery_key or "stimuli", "eval_seed": cfg.eval_seed,
+        "precision": precision_name(cfg), "status": status,
+        "best_epoch": None if res is None or status == "diverged" else res.best_epoch,
+        "top1": num(res and res.top1), "top5": num(res and res.top5),
+        **{k: num(kway.get(k)) for k in ("k2", "k4", "k10", "k50", "k100")},
+        "mean_rank": num(res and res.mean_rank), "val_top1": num(res.val_top1) if res is not None and has_val else None,
+        "train_seconds": None if res is None else res.train_seconds, "code_version": __version__,
+    }  # fmt: skip
+
+
+def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = False) -> list[tuple[dict, list[dict], Any]]:
+    """Train a job's runs; returns per run (runs.csv row, curves, model or None) in job.runs order.
+
+    A layer with non-finite features is not trained (its rows say so); constant and
+    near-constant layers are trained and flagged, so the summary never chooses them.
+    """
+    from sa.train.features import layer_health, split_features
+    from sa.train.results import FEATURE_FLAGS, STATUS_DIVERGED, STATUS_OK
     from sa.train.trainer import RunSpec, train_runs
 
     loader = loader or Loader()
     subj = loader.subject(job)
     table, gallery = loader.features(job)
     layers = sorted({lyr for lyr, _, _ in job.runs})
-    train_f = split_features(table, subj.train, job.pool, layers)
-    val_f = split_features(table, subj.val, job.pool, layers) if len(subj.val) else None
-    test_f = {lyr: gallery.feats[lyr] for lyr in layers}
+    health = layer_health(table, job.pool, layers)
+    trainable = [lyr for lyr in layers if health[lyr] != FEATURE_FLAGS[2]]
+    has_val = len(subj.val) > 0
     cfg = TrainConfig(**{**asdict(job.cfg), "encoder": job.encoder})
-    specs = [RunSpec(lyr, seed, job.encoder) for lyr, seed, _ in job.runs]
-    results = train_runs(subj.train.x, train_f, subj.val.x if len(subj.val) else None, val_f, subj.test.x, test_f,
-                         specs, cfg, test_targets=gallery.targets, progress=False)
+    todo = [(lyr, seed) for lyr, seed, _ in job.runs if lyr in trainable]
+    trained: dict[tuple[str, int], Any] = {}
+    if todo:
+        train_f = split_features(table, subj.train, job.pool, trainable)
+        val_f = split_features(table, subj.val, job.pool, trainable) if has_val else None
+        test_f = {lyr: gallery.feats[lyr] for lyr in trainable}
+        specs = [RunSpec(lyr, seed, job.encoder) for lyr, seed in todo]
+        results = train_runs(subj.train.x, train_f, subj.val.x if has_val else None, val_f, subj.test.x, test_f,
+                             specs, cfg, test_targets=gallery.targets, progress=False,
+                             val_ids=subj.val.image_ids if has_val else None)
+        trained = dict(zip(todo, results))
     out = []
-    for (lyr, seed, rid), res in zip(job.runs, results):
-        row = {
-            "run_id": rid, "dataset": job.dataset, "subject": job.subject, "fold": job.fold,
-            "backbone": job.backbone.get("name"), "cache_key": job.cache_key, "backbone_params": job.backbone.get("params"),
-            "n_blocks": job.backbone.get("n_blocks"), "pool": "" if lyr == "final" else job.pool, "layer": lyr,
-            "depth": job.backbone.get("depth", {}).get(lyr), "encoder": job.encoder, "encoder_params": res.encoder_params,
-            "image_proj": cfg.image_proj, "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "temperature_init": cfg.temperature,
-            "learn_temperature": cfg.learn_temperature, "temperature_final": res.temperature_final, "select": cfg.select,
-            "best_epoch": res.best_epoch, "top1": res.top1, "top5": res.top5, **{k: res.kway.get(k) for k in ("k2", "k4", "k10", "k50", "k100")},
-            "mean_rank": res.mean_rank, "val_top1": res.val_top1 if len(subj.val) else None,
-            "train_seconds": res.train_seconds, "code_version": __version__,
-        }  # fmt: skip
-        out.append((row, res.curves, res.model if keep_models else None))
+    for lyr, seed, rid in job.runs:
+        res = trained.get((lyr, seed))
+        status = STATUS_DIVERGED if res is not None and res.diverged else health[lyr]
+        if res is not None and res.diverged and health[lyr] != STATUS_OK:
+            status = health[lyr]  # a degenerate layer is the cause to report, not the divergence it led to
+        row = _row(job, lyr, seed, rid, cfg, res, status, has_val)
+        out.append((row, [] if res is None else res.curves, res.model if keep_models and res is not None else None))
     return out
 
 
@@ -356,11 +440,11 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
     from sa.train.results import ResultsDir
 
     cfg = config or TrainConfig()
-    if cfg.select == "val" and val_fraction <= 0:
-        raise SAError("--select val needs a validation split; set --val-fraction above 0 or use --select last.")
-    options = DataOptions(channels=channels if isinstance(channels, str) else list(channels), window=parse_window(window),
-                          single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
-                          image_root=None if image_root is None else os.fspath(image_root))
+    options = data_options(channels, window, single_trials, val_fraction, split_seed, layout, image_root)
+    check_training(cfg, options)
+    seed_list = parse_seeds(seeds)
+    encoder_names = [canonical_encoder(e) for e in parse_names(encoders)]
+    results = ResultsDir(out)
     ds = open_dataset(data, layout=layout, image_root=image_root)
     subject_names = select_subjects(ds, subjects)
     if loso and len(ds.subjects) < 2:
@@ -368,20 +452,20 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
     root = open_root(cache if cache is not None else default_root(), read_only=True)
     layer_spec = layers if isinstance(layers, str) else ",".join(map(str, layers))
     jobs = plan_jobs(data=data, ds=ds, root=root, backbones=parse_names(backbones), layers=layer_spec.strip().lower(),
-                     pool=pool, encoders=[canonical_encoder(e) for e in parse_names(encoders)], subjects=subject_names,
-                     seeds=parse_seeds(seeds), loso=loso, cfg=cfg, options=options, gallery_cache=gallery_cache,
-                     seeds_per_job=seeds_per_job)
-    results = ResultsDir(out)
-    done = results.existing_run_ids()
-    all_ids = [rid for j in jobs for _, _, rid in j.runs]
-    todo = [j for j in (_pending(j, done) for j in jobs) if j.runs]
-    n_todo = sum(len(j.runs) for j in todo)
-    if scheduler or workers:
-        from sa.train.distributed import run_jobs_dask
+                     pool=pool, encoders=encoder_names, subjects=subject_names, seeds=seed_list, loso=loso, cfg=cfg,
+                     options=options, gallery_cache=gallery_cache, seeds_per_job=seeds_per_job)
+    with results.writing(f"sa sweep into {results.path}"):
+        done = results.existing_run_ids()
+        all_ids = [rid for j in jobs for _, _, rid in j.runs]
+        todo = [j for j in (_pending(j, done) for j in jobs) if j.runs]
+        n_todo = sum(len(j.runs) for j in todo)
+        if scheduler or workers:
+            from sa.train.distributed import run_jobs_dask
 
-        trained = run_jobs_dask(todo, results, scheduler=scheduler, n_workers=workers, progress=progress, on_job=on_job)
-    else:
-        trained = _run_in_process(todo, results, progress=progress, on_job=on_job)
+            trained = run_jobs_dask(todo, results, scheduler=scheduler, n_workers=workers, progress=progress,
+                                    on_job=on_job)
+        else:
+            trained = _run_in_process(todo, results, progress=progress, on_job=on_job)
     summary = _summary(results, all_ids)
     if progress:
         print_summary(summary, console)
@@ -455,22 +539,23 @@ def train_one(data: Any, backbone: str, *, out: Any, cache: Any = None, layer: s
 
     With `results`, the row and curves are also appended there (a sweep rerun then skips the run).
     """
+    from contextlib import nullcontext
+
     from sa.cache import default_root, open_root
-    from sa.train.checkpoint import Checkpoint, save_checkpoint
+    from sa.train.checkpoint import Checkpoint, check_checkpoint_path, save_checkpoint
     from sa.train.data import open_dataset
     from sa.train.features import feature_widths
+    from sa.train.results import FEATURE_FLAGS, STATUS_DIVERGED, ResultsDir
 
     cfg = config or TrainConfig()
-    options = DataOptions(channels=channels if isinstance(channels, str) else list(channels), window=parse_window(window),
-                          single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
-                          image_root=None if image_root is None else os.fspath(image_root))
+    options = data_options(channels, window, single_trials, val_fraction, split_seed, layout, image_root)
+    check_training(cfg, options)
+    check_checkpoint_path(out)
     ds = open_dataset(data, layout=layout, image_root=image_root)
     if subject is None:
         if len(ds.subjects) != 1:
             raise SAError(f"{data} has {len(ds.subjects)} subjects ({', '.join(ds.subjects[:5])}); pick one with --subject.")
         subject = ds.subjects[0]
-    if cfg.select == "val" and val_fraction <= 0:
-        raise SAError("--select val needs a validation split; set --val-fraction above 0 or use --select last.")
     root = open_root(cache if cache is not None else default_root(), read_only=True)
     label = str(layer).strip().lower()
     (job,) = plan_jobs(data=data, ds=ds, root=root, backbones=[backbone], layers=label, pool=pool,
@@ -479,25 +564,32 @@ def train_one(data: Any, backbone: str, *, out: Any, cache: Any = None, layer: s
     job.runs = [r for r in job.runs if r[0] == label or (label.isdigit() and r[0] != "final")][:1]
     if not job.runs:
         raise SAError(f"--layer {layer!r} is not a layer of {job.cache_key}; give a label like 07, or final.")
-    loader = Loader()
-    ((row, curves, model),) = train_job(job, loader, keep_models=True)
-    subj = loader.subject(job)
-    lyr = job.runs[0][0]
-    ckpt = Checkpoint(
-        model=model, config={**asdict(cfg), "encoder": job.encoder, "ks": list(cfg.ks)}, encoder=job.encoder,
-        n_channels=int(subj.train.x.shape[1]), n_times=int(subj.train.x.shape[2]),
-        feat_dim=int(feature_widths(loader.root(job.cache).open(job.cache_key), job.pool, [lyr])[lyr]),
-        ch_names=list(subj.ch_names), times=[float(t) for t in subj.times], sfreq=float(subj.sfreq),
-        window=None if options.window is None else list(options.window), average_reps=not single_trials,
-        zscore_mean=subj.zscore_mean, zscore_std=subj.zscore_std, cache_key=job.cache_key, cache_root=job.cache,
-        pool=job.pool if lyr != "final" else (job.pool or "mean"), layer=lyr, seed=int(seed),
-        meta={"dataset": job.dataset, "subject": job.subject, "fold": job.fold, "run_id": row["run_id"],
-              "data_options": options.id_fields(), "backbone": job.backbone.get("name"),
-              "metrics": {k: row[k] for k in ("top1", "top5", "val_top1", "best_epoch")}},
-    )  # fmt: skip
-    path = save_checkpoint(out, ckpt)
-    if results is not None:
-        from sa.train.results import ResultsDir
-
-        record(ResultsDir(results), [(row, curves)])
+    rd = ResultsDir(results) if results is not None else None
+    with rd.writing(f"sa train into {rd.path}") if rd is not None else nullcontext():
+        loader = Loader()
+        ((row, curves, model),) = train_job(job, loader, keep_models=True)
+        if rd is not None and row["run_id"] not in rd.existing_run_ids():
+            record(rd, [(row, curves)])  # a diverged run is a result too: a sweep rerun skips it
+        if row["status"] == FEATURE_FLAGS[2]:
+            raise SAError(f"layer {row['layer']} of {job.cache_key} holds NaN/Inf features for this subject's images, "
+                          "so it cannot be trained; re-extract them (sa cache verify names damaged arrays) or pick "
+                          "another --layer.")
+        if row["status"] == STATUS_DIVERGED:
+            raise SAError(f"the run diverged (its training loss stopped being finite), so no checkpoint was written to "
+                          f"{out}; lower --lr (it was {cfg.lr:g}) and train again.")
+        subj = loader.subject(job)
+        lyr = job.runs[0][0]
+        ckpt = Checkpoint(
+            model=model, config={**asdict(cfg), "encoder": job.encoder, "ks": list(cfg.ks)}, encoder=job.encoder,
+            n_channels=int(subj.train.x.shape[1]), n_times=int(subj.train.x.shape[2]),
+            feat_dim=int(feature_widths(loader.root(job.cache).open(job.cache_key), job.pool, [lyr])[lyr]),
+            ch_names=list(subj.ch_names), times=[float(t) for t in subj.times], sfreq=float(subj.sfreq),
+            window=None if options.window is None else list(options.window), average_reps=not single_trials,
+            zscore_mean=subj.zscore_mean, zscore_std=subj.zscore_std, cache_key=job.cache_key, cache_root=job.cache,
+            pool=job.pool if lyr != "final" else (job.pool or "mean"), layer=lyr, seed=int(seed),
+            meta={"dataset": job.dataset, "subject": job.subject, "fold": job.fold, "run_id": row["run_id"],
+                  "data_options": options.id_fields(), "backbone": job.backbone.get("name"), "status": row["status"],
+                  "metrics": {k: row[k] for k in ("top1", "top5", "val_top1", "best_epoch")}},
+        )  # fmt: skip
+        path = save_checkpoint(out, ckpt)
     return row, path
