@@ -113,3 +113,24 @@ def test_synth_with_random_init_backbone_through_the_cache(tmp_path):
     assert rec["planted"]["array"] == "gap/02" and rec["planted"]["random_init"] is True
     assert json.loads((tmp_path / "synth.json").read_text())["planted"]["layer"] == "02"
     assert open_dataset(tmp_path).check().ok
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--image-size", "0"], "--image-size must be between 8 and 4096 pixels (got 0)"),
+    (["--image-size", "-3"], "--image-size must be between 8 and 4096 pixels (got -3)"),
+    (["--subjects", "0"], "--subjects must be a whole number of at least 1 (got 0)"),
+    (["--train-concepts", "0"], "--train-concepts must be a whole number of at least 1 (got 0)"),
+    (["--reps-test", "0"], "--reps-test must be a whole number of at least 1 (got 0)"),
+    (["--sfreq", "0"], "--sfreq must be a positive number (got 0.0)"),
+    (["--snr", "nan"], "--snr must be a positive number (got nan)"),
+])
+def test_cli_synth_bad_options_one_sentence_nothing_written(tmp_path, args, says):
+    from sa.cli import app
+
+    out = tmp_path / "synth"
+    res = CliRunner().invoke(app, ["data", "synth", str(out), "--random-init", *args])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and says in " ".join(lines[0].split()), res.stderr
+    assert "Traceback" not in res.output and "--n-subjects" not in res.output
+    assert not out.exists()  # validated before anything is written

@@ -37,7 +37,7 @@ def check_cmd(
     console.print(f"[bold]image folder[/]: {report.image_root or 'not found (pass --images; THINGS layouts need it for image ids)'}", highlight=False)
     console.print(f"[bold]subjects[/] ({len(ds.subjects)}): {', '.join(ds.subjects)}", highlight=False)
     for name in report.unreadable:
-        console.print(f"  {name}: could not be read (see the problem below)", highlight=False)
+        console.print(f"  {name}: could not be read (see below)", highlight=False)
     for s in report.subjects:
         console.print(
             f"  {s.subject}: train {s.train_shape} test {s.test_shape} ({s.dtype}; images x reps x channels x times), "

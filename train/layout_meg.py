@@ -81,7 +81,8 @@ def find_meta(name: str, fif: Path, image_root: Path | None = None, meta: Path |
     if image_root is not None:
         starts += [image_root, *list(image_root.parents)[:3]]
     for folder in dict.fromkeys(starts):
-        for pattern in _META_PATTERNS:
+        shallow = len(folder.parts) <= 2 or folder == Path.home()  # never walk / or /data or ~ three levels deep
+        for pattern in _META_PATTERNS[:2] if shallow else _META_PATTERNS:
             hits = sorted(folder.glob(pattern.format(name=name)))
             if hits:
                 return hits[0]
@@ -117,6 +118,18 @@ def image_paths(path: Path) -> list[str]:
 # ---------------------------------------------------------------- reading the epochs
 
 
+def _truncation(caught: list) -> DamagedError | None:
+    """mne's warning about a record cut short (a truncated file), as one sentence; None if there is none."""
+    for w in caught:
+        m = re.search(r"Invalid tag with only (\d+)/(\d+) bytes at position (\d+) in file (.+)$", str(w.message))
+        if m:
+            bad = Path(m.group(4).strip())
+            size = bad.stat().st_size if bad.exists() else 0
+            return DamagedError(f"{bad} is truncated (expected at least {int(m.group(3)) + int(m.group(2)):,} bytes, "
+                                f"found {size:,}): an interrupted download or copy; download it again.")
+    return None
+
+
 def read_epochs(fif: Path):
     """mne.read_epochs (not preloaded), with a missing split part or a truncated file as one DamagedError sentence."""
     mne = import_mne()
@@ -130,17 +143,15 @@ def read_epochs(fif: Path):
                 raise DamagedError(f"{fif} continues in {missing.name}, which is missing (mne splits large epochs files "
                                    f"into -epo.fif, -epo-1.fif, ...): download {missing.name} into {missing.parent}.") from None
             raise
-        except (ValueError, IndexError, KeyError, OSError, EOFError, RuntimeError) as exc:
-            raise DamagedError(f"{fif} could not be read by mne ({type(exc).__name__}: {exc}); it is truncated or "
-                               "damaged: download it again.") from None
-    for w in caught:
-        text = str(w.message)
-        m = re.search(r"Invalid tag with only (\d+)/(\d+) bytes at position (\d+) in file (.+)$", text)
-        if m:
-            bad = Path(m.group(4).strip())
-            size = bad.stat().st_size if bad.exists() else 0
-            raise DamagedError(f"{bad} is truncated (expected at least {int(m.group(3)) + int(m.group(2)):,} bytes, "
-                               f"found {size:,}): an interrupted download or copy; download it again.")
+        except Exception as exc:  # noqa: BLE001 - mne fails on a cut or damaged file in many ways
+            if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno is not None):
+                raise  # the environment, not the file: sa.errors.explain words it
+            raise _truncation(caught) or DamagedError(
+                f"{fif} could not be read by mne ({type(exc).__name__}: {exc}); it is truncated or damaged: "
+                "download it again.") from None
+    damaged = _truncation(caught)
+    if damaged is not None:
+        raise damaged
     return epochs
 
 
