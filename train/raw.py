@@ -120,7 +120,7 @@ def as_4d(data: Any, source: str) -> Any:
 
 def check_numeric(data: Any, source: str) -> None:
     """SAError when stored trials are not numbers (strings, objects, booleans), naming the array and the fix."""
-    dtype = np.dtype(getattr(data, "dtype", np.asarray(data).dtype))
+    dtype = np.dtype(data.dtype) if hasattr(data, "dtype") else np.asarray(data).dtype  # never reads an h5py dataset
     if dtype.kind in "fiu":
         return
     what = {"U": "text strings", "S": "byte strings", "O": "Python objects", "b": "booleans", "c": "complex numbers",
@@ -131,6 +131,8 @@ def check_numeric(data: Any, source: str) -> None:
 
 def array_split(data: Any, source: str, image_ids=None, concepts=None) -> RawSplit:
     """A RawSplit over an array-like (ndarray, memmap, h5py dataset) of 3, 4 or 5 dimensions."""
+    if not hasattr(data, "shape"):  # a list of trials pickled as such
+        data = np.asarray(data)
     check_numeric(data, source)
     arr = as_4d(data, source)
     n, r, c, t = (int(s) for s in arr.shape)
