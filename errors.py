@@ -70,12 +70,11 @@ def _disk_free(path: str | os.PathLike | None) -> int | None:
 
 
 _OS_SENTENCES = {
-    errno.ENOSPC: "no space left on the device while writing{path}{space}: free some space and rerun the same command; "
-                  "finished work is kept and the job resumes where it stopped",
+    errno.ENOSPC: "no space left on the device while writing{path}{space}: free some space and rerun the same command{tail}",
     errno.EDQUOT: "disk quota exceeded while writing{path}{space}: free some space or raise the quota and rerun the same "
-                  "command; finished work is kept and the job resumes",
+                  "command{tail}",
     errno.EFBIG: "a file grew past the file-size limit (ulimit -f) while writing{path}{space}: raise the limit and rerun "
-                 "the same command; finished work is kept and the job resumes",
+                 "the same command{tail}",
     errno.EROFS: "read-only file system{where}: choose a writable location",
     errno.EACCES: "permission denied{where}: choose a location you can write, or fix its permissions",
     errno.EPERM: "operation not permitted{where}: choose a location you can write, or fix its permissions",
@@ -87,6 +86,8 @@ _OS_SENTENCES = {
     errno.ECONNREFUSED: "connection refused{where}: is the server running, and is the address right?",
 }
 _SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_RESUME_TAIL = "; finished work is kept and the job resumes where it stopped"
+_RESTART_TAIL = "; nothing half-written was kept"
 
 _CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
                                 "DefaultCredentialsError", "RefreshError", "NoAuthTokenError"})
@@ -137,11 +138,13 @@ def _space_detail(exc: OSError, where: str | None, needed: int | None) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def explain(exc: BaseException, *, where: str | None = None, needed: int | None = None) -> SAError | None:
+def explain(exc: BaseException, *, where: str | None = None, needed: int | None = None,
+            resumes: bool = True) -> SAError | None:
     """The one sentence for an expected fault of the environment; None when `exc` is a bug to show in full.
 
     `where` names the file or folder being written when the error itself does not; `needed` is the number of
-    bytes the interrupted write still needed (said for a full disk or a file-size limit).
+    bytes the interrupted write still needed (said for a full disk or a file-size limit); `resumes=False` for a
+    write that is thrown away and redone whole (an export file) rather than resumed.
     """
     if isinstance(exc, SAError):
         return exc
@@ -167,6 +170,7 @@ def explain(exc: BaseException, *, where: str | None = None, needed: int | None 
     if exc.errno in _OS_SENTENCES:
         return SAError(_sentence(_OS_SENTENCES[exc.errno].format(
             where=f" ({shown})" if shown else "", path=f" {shown}" if shown else "",
+            tail=_RESUME_TAIL if resumes else _RESTART_TAIL,
             space=_space_detail(exc, where, needed) if exc.errno in _SPACE_ERRNOS else "")))
     if isinstance(exc, PermissionError):  # object stores: access denied, expired or invalid keys (no errno)
         detail = str(exc) or name
@@ -178,12 +182,12 @@ def explain(exc: BaseException, *, where: str | None = None, needed: int | None 
 
 
 @contextlib.contextmanager
-def writing(where: str, needed: int | None = None) -> Iterator[None]:
+def writing(where: str, needed: int | None = None, *, resumes: bool = True) -> Iterator[None]:
     """Run code that writes `where`; a full disk, quota or file-size limit in it becomes one sentence naming `where`
-    and the `needed` bytes (other errors pass through unchanged)."""
+    and the `needed` bytes (other errors pass through unchanged). `resumes`: see `explain`."""
     try:
         yield
     except OSError as exc:
         if exc.errno not in _SPACE_ERRNOS:
             raise
-        raise explain(exc, where=where, needed=needed) from None  # type: ignore[misc]
+        raise explain(exc, where=where, needed=needed, resumes=resumes) from None  # type: ignore[misc]

@@ -26,11 +26,19 @@ def _root_opt() -> Optional[str]:
 
 def _size(nbytes: float) -> str:
     """Human-readable bytes, e.g. '1.2 GB'."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if nbytes < 1000 or unit == "TB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
-    return f"{nbytes:.1f} TB"
+    from sa.errors import size_text
+
+    return size_text(nbytes)
+
+
+_STATUS_STYLE = {"complete": "[green]complete[/]", "partial": "[yellow]partial[/]", "damaged": "[bold red]damaged[/]"}
+
+
+def _damaged_sentence(infos: list, what: str) -> str:
+    """One sentence naming damaged groups, why, and the fix."""
+    named = "; ".join(f"{i.key} ({i.manifest.get('damage_reason', 'damaged')})" for i in infos)
+    return (f"{len(infos)} damaged group(s) {what}: {named}; remove each with `sa cache rm KEY` and extract or pull it "
+            f"again.")
 
 
 def _layers_text(layers: list[str]) -> str:
@@ -68,6 +76,7 @@ def ls_cmd(
     from sa.cache import open_root
 
     cache = open_root(root_arg or root, read_only=True)
+    cache.require_exists()
     infos = cache.list(use_index=False if scan else None)
     if not infos:
         console.print(f"No feature groups under {cache.url} yet; `sa extract` writes them.")
@@ -77,10 +86,13 @@ def ls_cmd(
         table.add_column(col, justify="right" if col in ("N", "size") else "left",
                          no_wrap=col in ("image set", "backbone"))
     for info in infos:
-        status = "[green]complete[/]" if info.status == "complete" else "[yellow]partial[/]"
+        status = _STATUS_STYLE.get(info.status, info.status)
         table.add_row(info.image_set_id, info.backbone_key, _layers_text(info.layers), ",".join(info.pools) or "-",
-                      f"{info.n:,}", _size(info.nbytes), status, info.created[:10])
+                      f"{info.n:,}" if info.status != "damaged" else "?", _size(info.nbytes), status, info.created[:10])
     console.print(table)
+    damaged = [i for i in infos if i.status == "damaged"]
+    if damaged:
+        console.print(f"[bold red]{_damaged_sentence(damaged, 'under ' + cache.url)}[/]", highlight=False)
 
 
 @app.command("info")
@@ -127,27 +139,36 @@ def verify_cmd(
     key: Optional[str] = typer.Argument(None, help=KEY_HELP + " Omit to verify every complete group."),
     root: Optional[str] = _root_opt(),
 ) -> None:
-    """Recompute every array digest and name the corrupted arrays (exit status 1 if any)."""
+    """Recompute every array digest, check float arrays hold no NaN/Inf, and name what fails (exit status 1 if any).
+
+    Without KEY: every complete group, and every damaged one (lost or torn zarr.json) fails.
+    """
     from sa.cache import open_root
     from sa.cache.verify import VerifyFailed
+    from sa.errors import DamagedError
 
     cache = open_root(root, read_only=True)
-    keys = [cache.resolve(key)] if key else [i.key for i in cache.list() if i.status == "complete"]
+    cache.require_exists()
+    keys = [cache.resolve(key)] if key else [i.key for i in cache.list() if i.status in ("complete", "damaged")]
     if not keys:
         console.print(f"No complete groups to verify under {cache.url}.")
         return
-    failed: dict[str, list[str]] = {}
+    failed: dict[str, dict[str, str]] = {}
     for k in keys:
-        bad = cache.verify(k, progress=True)
+        try:
+            bad = cache.problems(k, progress=True)
+        except DamagedError as exc:
+            bad = {"zarr.json": getattr(exc, "reason", str(exc))}
         if bad:
             failed[k] = bad
-            console.print(f"[red]FAIL[/] {k}: {len(bad)} corrupted array(s): {', '.join(bad)}", highlight=False)
+            listed = ", ".join(f"{name} ({why})" for name, why in bad.items())
+            console.print(f"[red]FAIL[/] {k}: {listed}", highlight=False)
         else:
             console.print(f"[green]ok[/]   {k}", highlight=False)
     if failed:
-        names = "; ".join(f"{k}: {', '.join(v)}" for k, v in failed.items())
-        raise VerifyFailed(f"{sum(map(len, failed.values()))} array(s) failed verification ({names}); "
-                           f"remove the group(s) with `sa cache rm KEY` and extract again, or re-import a good export.")
+        names = "; ".join(f"{k}: {', '.join(f'{n} ({why})' for n, why in v.items())}" for k, v in failed.items())
+        raise VerifyFailed(f"{len(failed)} group(s) failed verification ({names}); remove the group(s) with "
+                           f"`sa cache rm KEY` and extract or pull them again, or re-import a good export.")
 
 
 @app.command("rm")
@@ -246,10 +267,16 @@ def reindex_cmd(
     root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=ROOT_HELP),
     root: Optional[str] = _root_opt(),
 ) -> None:
-    """Rebuild the lab index (ROOT/sa-index.json) from the groups themselves; run it where the root can be written."""
+    """Rebuild the lab index (ROOT/sa-index.json) from the groups themselves; run it where the root can be written.
+
+    Damaged groups are left out of the index and named (exit status 1).
+    """
     from sa.cache import open_root
     from sa.cache.index import INDEX_NAME, rebuild
+    from sa.errors import DamagedError
 
     cache = open_root(root_arg or root)
-    infos = rebuild(cache)
-    console.print(f"Wrote {cache.loc.display(INDEX_NAME)}: {len(infos)} complete group(s).", highlight=False)
+    found = rebuild(cache)
+    console.print(f"Wrote {cache.loc.display(INDEX_NAME)}: {len(found.complete)} complete group(s).", highlight=False)
+    if found.damaged:
+        raise DamagedError(_damaged_sentence(found.damaged, "left out of the index"))

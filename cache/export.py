@@ -1,9 +1,12 @@
 """Export a cache group to one HDF5 file and import it back, for collaborators outside Python.
 
 The file holds the same arrays under the same names (`ids`, `mean/07`, ...,
-`final`; float16, contiguous) and the manifest as the root attribute
-`sa_manifest` (a JSON string). Import recreates an identical group and refuses
-to mark it complete unless every digest equals the one in the manifest.
+`final`; float16 or the wider dtype the group stores, contiguous) and the
+manifest as the root attribute `sa_manifest` (a JSON string). Export
+recomputes every digest from the blocks as it reads them and writes nothing
+under the final name unless all match (a damaged group never travels); import
+recreates an identical group and refuses to mark it complete unless every
+digest equals the one in the manifest.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import numpy as np
 
 from sa.cache.manifest import IDS_ARRAY
 from sa.cache.store import CacheRoot, FeatureGroup, open_root
-from sa.cache.verify import manifest_digests
-from sa.errors import SAError
+from sa.cache.verify import BlockDigest, digest_ids, manifest_digests
+from sa.errors import DamagedError, SAError, explain, writing
 from sa.progress import make_progress
 
 MANIFEST_ATTR = "sa_manifest"
@@ -26,39 +29,80 @@ KEY_ATTR = "sa_key"
 
 def export_group(root: CacheRoot | str, key: str, out: str | os.PathLike, *, overwrite: bool = False,
                  progress: bool = True) -> str:
-    """Write complete group `key` to the HDF5 file `out`; returns the path written."""
-    import h5py
-
+    """Write complete group `key` to the HDF5 file `out` (DamagedError, and no file, if any digest fails); returns `out`."""
     group = open_root(root, read_only=True).open(key)
     out = os.fspath(out)
     if os.path.exists(out) and not overwrite:
         raise SAError(f"{out} already exists; choose another file name or pass --overwrite.")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise SAError(f"the folder {folder} for {out} does not exist; create it or choose another file name.")
+    digests = manifest_digests(group.manifest)
+    if digest_ids(group.ids.tolist()) != digests.get(IDS_ARRAY):
+        raise _damaged(group, IDS_ARRAY, "digest differs")
     tmp = f"{out}.partial"
     try:
-        with h5py.File(tmp, "w") as h5, make_progress("array", disable=not progress, transient=True) as bar:
-            h5.attrs[MANIFEST_ATTR] = json.dumps(group.manifest)
-            h5.attrs[KEY_ATTR] = group.key
-            h5.create_dataset(IDS_ARRAY, data=np.array(group.ids.tolist(), dtype=object), dtype=h5py.string_dtype("utf-8"))
-            task = bar.add_task(f"export {group.key}", total=len(group.arrays))
-            for name in group.arrays:
-                _copy_to_h5(group, name, h5)
-                bar.advance(task)
+        with writing(out, _export_bytes(group), resumes=False):
+            _write_h5(group, tmp, digests, progress)
         os.replace(tmp, out)
-    except OSError as exc:
-        raise SAError(f"cannot write {out} ({exc.strerror or exc}); choose a writable location.") from None
+    except OSError as exc:  # h5py's own errors may carry no errno
+        raise explain(exc, where=out, resumes=False) or SAError(f"cannot write {out} ({exc.strerror or exc}); choose a "
+                                                                f"writable location.") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return out
 
 
-def _copy_to_h5(group: FeatureGroup, name: str, h5: Any) -> None:
-    """Copy one array into dataset `name`, block by block."""
-    width = int(group.manifest["arrays"][name]["shape"][1])
-    ds = h5.create_dataset(name, shape=(group.n_rows, width), dtype="<f2")
+def _write_h5(group: FeatureGroup, path: str, digests: dict, progress: bool) -> None:
+    """Write the export file `path` (checking digests as it reads); a failed write's own close error is not raised."""
+    import h5py
+
+    h5 = h5py.File(path, "w")
+    try:
+        with make_progress("array", disable=not progress, transient=True) as bar:
+            h5.attrs[MANIFEST_ATTR] = json.dumps(group.manifest)
+            h5.attrs[KEY_ATTR] = group.key
+            h5.create_dataset(IDS_ARRAY, data=np.array(group.ids.tolist(), dtype=object), dtype=h5py.string_dtype("utf-8"))
+            task = bar.add_task(f"export {group.key}", total=len(group.arrays))
+            for name in group.arrays:
+                _copy_to_h5(group, name, h5, digests.get(name))
+                bar.advance(task)
+    except BaseException:
+        try:
+            h5.close()
+        except Exception:  # noqa: BLE001 - h5py cannot flush a file whose write just failed; the file is discarded
+            pass
+        raise
+    h5.close()
+
+
+def _export_bytes(group: FeatureGroup) -> int:
+    """Bytes the arrays of `group` take in an export (for a full-disk message)."""
+    arrays = group.manifest.get("arrays") or {}
+    return sum(int(np.prod(arrays[n]["shape"])) * np.dtype(arrays[n].get("dtype") or "float16").itemsize
+               for n in group.arrays)
+
+
+def _damaged(group: FeatureGroup, name: str, why: str) -> DamagedError:
+    """The error for an array that fails its digest while being exported."""
+    return DamagedError(f"cannot export cache group {group.key}: its array {name!r} is damaged ({why}), so no file was "
+                        f"written; run `sa cache verify {group.key}` and extract or pull the group again.")
+
+
+def _copy_to_h5(group: FeatureGroup, name: str, h5: Any, digest: Any) -> None:
+    """Copy one array into dataset `name` block by block, checking its digest as it reads; DamagedError on a mismatch."""
     reader = group._reader(name)
-    for start, block in reader.iter_blocks():
-        ds[start:start + block.shape[0]] = block
+    ds = h5.create_dataset(name, shape=reader.shape, dtype=reader.dtype.newbyteorder("<"))
+    h = BlockDigest()
+    try:
+        for start, block in reader.iter_blocks():
+            h.update(block)
+            ds[start:start + block.shape[0]] = block
+    except DamagedError as exc:
+        raise _damaged(group, name, getattr(exc, "reason", "does not decode")) from None
+    if h.hexdigest() != digest:
+        raise _damaged(group, name, "digest differs")
 
 
 def read_export_manifest(path: str | os.PathLike) -> dict:
@@ -108,7 +152,7 @@ def import_group(path: str | os.PathLike, root: CacheRoot | str | None = None, *
         carried = {k: v for k, v in manifest.items() if k not in ("status", "arrays", "completed", "ids_digest")}
         writer = cache.create(manifest["image_set_id"], manifest["backbone_key"], ids, widths, carried,
                               block_rows=int(manifest["block_rows"]))
-        with writer, make_progress("block", disable=not progress, transient=True) as bar:
+        with writer, writer.writing(), make_progress("block", disable=not progress, transient=True) as bar:
             pending = writer.pending_blocks()
             task = bar.add_task(f"import {key}", total=len(pending))
             for b in pending:

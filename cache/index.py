@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sa.cache.lock import GroupLocked, WriterLock
 from sa.cache.manifest import GroupInfo, now_iso
@@ -135,17 +135,30 @@ def forget(root: "CacheRoot", key: str) -> None:
                       f"run `sa cache reindex {root.url}`.", IndexStale, stacklevel=2)
 
 
-def rebuild(root: "CacheRoot") -> list[GroupInfo]:
-    """Rewrite the index from the groups on the root (which must be listable and writable); returns the complete groups."""
+class Rebuilt(NamedTuple):
+    """What `rebuild` found: the complete groups it indexed, and the damaged groups it left out (to be said)."""
+
+    complete: list[GroupInfo]
+    damaged: list[GroupInfo]
+
+
+def rebuild(root: "CacheRoot") -> Rebuilt:
+    """Rewrite the index from the groups on the root (which must exist and be listable and writable).
+
+    Damaged groups (zarr.json lost or torn, or listed by the old index but gone) are left out and returned,
+    so the caller says so instead of dropping them silently.
+    """
     root.loc.require_writable("rebuild the index")
     if not root.loc.listable:
         raise SAError(f"cannot rebuild the index of {root.url}: it cannot be listed; run `sa cache reindex` on the "
                       f"folder or bucket the server publishes.")
+    root.require_exists()
     lock = IndexLock(root)
     lock.acquire_waiting()
     try:
-        infos = [i for i in root.list(use_index=False) if i.status == "complete"]
-        _write(root, {i.key: entry_of(i) for i in infos})
+        infos = root.list(use_index=False)
+        complete = [i for i in infos if i.status == "complete"]
+        _write(root, {i.key: entry_of(i) for i in complete})
     finally:
         lock.release()
-    return infos
+    return Rebuilt(complete, [i for i in infos if i.status == "damaged"])

@@ -10,28 +10,37 @@ A copy never leaves a group that looks complete before it is:
    needed (HTTP works). Each file lands whole (temp file + rename on local
    disks, one whole-object put on object stores), so a file present with the
    source's size is done and an interrupted copy resumes by skipping it;
-4. every array's digest is recomputed at the destination and compared with
-   the manifest (a mismatch deletes that array's copy and keeps the group partial);
+4. every feature array's digest is recomputed from the bytes as they are
+   read (copied chunks from the source, chunks an earlier run already copied
+   from the destination), and the copy stops at the first array that does
+   not match the manifest: that array's copy is deleted and the group stays
+   partial, so corrupt data never travels further than one array. Arrays not
+   stored as plain chunks (the ids) are checked at the destination after the
+   copy;
 5. only then the source's `zarr.json` (status "complete") is written, atomically,
    and the destination's lab index is updated.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 from sa.cache.lock import WriterLock
 from sa.cache.manifest import IDS_ARRAY
 from sa.cache.store import CacheRoot, FeatureGroup, open_root
-from sa.cache.verify import manifest_digests, mismatched_arrays
-from sa.errors import SAError
+from sa.cache.verify import BlockDigest, manifest_digests, mismatched_arrays
+from sa.errors import DamagedError, SAError, writing
 
 COPY_THREADS = 8
+WINDOW = 4 * COPY_THREADS  # files in flight (bounds the memory of the ordered digest stream)
 LOCK_REFRESH_S = 30.0
 TMP_PREFIX = ".sa-tmp-"
 
@@ -57,6 +66,44 @@ class _File:
     rel: str
     data: bytes | None = None
     size: int | None = None
+    array: str | None = None  # the array this chunk belongs to
+    chunk: int | None = None  # its row-chunk index (plain 2-D feature arrays only)
+
+
+@dataclass
+class _StreamDigest:
+    """The digest of one plain feature array, fed its chunk files in order as they are read."""
+
+    name: str
+    expected: Any
+    rows: int
+    row_bytes: int
+    chunk_rows: int
+    dtype: np.dtype
+    hasher: BlockDigest = field(default_factory=BlockDigest)
+    fed: int = 0
+    why: str | None = None
+    resumed: bool = False  # some chunks came from the destination (copied by an earlier run)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.rows // self.chunk_rows)
+
+    def feed(self, chunk: int, data: bytes) -> None:
+        """Add chunk `chunk` (must come in order); a wrong size is noted as the reason it fails."""
+        want = self.chunk_rows * self.row_bytes
+        if self.why is None and len(data) != want:
+            self.why = f"chunk {chunk} has {len(data)} bytes instead of {want}"
+        if self.why is None:
+            real = min(self.chunk_rows, self.rows - chunk * self.chunk_rows)
+            self.hasher.update(np.frombuffer(data, dtype=self.dtype)[:real * self.row_bytes // self.dtype.itemsize])
+        self.fed += 1
+
+    def failure(self) -> str | None:
+        """Why the array fails once every chunk was fed (None when it matches)."""
+        if self.why is None and self.hasher.hexdigest() != self.expected:
+            self.why = "digest differs"
+        return self.why
 
 
 def chunk_keys(meta: dict[str, Any]) -> Iterator[str]:
@@ -75,6 +122,22 @@ def chunk_keys(meta: dict[str, Any]) -> Iterator[str]:
             yield "c" + (sep + body if body else "")
         else:
             yield body or "0"
+
+
+def _stream_for(name: str, meta: dict[str, Any], info: dict[str, Any]) -> _StreamDigest | None:
+    """A streamed digest for array `name` when its chunk files are its raw rows (plain 2-D float, one chunk column)."""
+    if name == IDS_ARRAY or _plain_chunk_size(meta) is None:
+        return None
+    shape = [int(x) for x in meta.get("shape", [])]
+    chunks = [int(x) for x in ((meta.get("chunk_grid") or {}).get("configuration") or {}).get("chunk_shape", [])]
+    encoding = meta.get("chunk_key_encoding") or {}
+    endian = (meta["codecs"][0].get("configuration") or {}).get("endian", "little")
+    if len(shape) != 2 or chunks[1:] != shape[1:] or encoding.get("name", "default") != "default" or endian != "little":
+        return None
+    dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+    if dtype.kind != "f":
+        return None
+    return _StreamDigest(name, info.get("digest"), shape[0], shape[1] * dtype.itemsize, chunks[0], dtype)
 
 
 def _plain_chunk_size(meta: dict[str, Any]) -> int | None:
@@ -102,6 +165,8 @@ class GroupCopy:
         self.on_file = on_file
         self.src_dir = src._group_path(self.key)
         self.dst_dir = dst._group_path(self.key)
+        self._streams: dict[str, _StreamDigest] = {}  # set by _files
+        self._files_cache: list[_File] = []
 
     # -- checks ---------------------------------------------------------------------------
     def _source_meta(self) -> tuple[bytes, dict]:
@@ -151,7 +216,12 @@ class GroupCopy:
             files.append(_File(f"{name}/zarr.json", data, len(data)))
             meta = json.loads(data)
             size = _plain_chunk_size(meta)
-            files.extend(_File(f"{name}/{ck}", None, size) for ck in chunk_keys(meta))
+            stream = _stream_for(name, meta, (manifest.get("arrays") or {}).get(name) or {})
+            if stream is not None:
+                self._streams[name] = stream
+            streamed = stream is not None
+            files.extend(_File(f"{name}/{ck}", None, size, name, i if streamed else None)
+                         for i, ck in enumerate(chunk_keys(meta)))
         return files
 
     def _sizes(self, root: CacheRoot, base: str) -> dict[str, int] | None:
@@ -181,33 +251,44 @@ class GroupCopy:
         return todo, done
 
     # -- copying ------------------------------------------------------------------------------
-    def _copy_one(self, f: _File) -> int:
-        """Copy one file whole; returns its size."""
+    def _copy_one(self, f: _File) -> bytes:
+        """Copy one file whole; returns its bytes (for the streamed digest)."""
         data = f.data
         if data is None:
             try:
                 data = self.src.loc.fs.cat_file(f"{self.src_dir}/{f.rel}")
             except FileNotFoundError:
-                raise SAError(f"file {f.rel} of cache group {self.key} is missing under {self.src.url}; run "
-                              f"`sa cache verify {self.key} --root {self.src.url}` there.") from None
+                raise DamagedError(f"cache group {self.key} under {self.src.url} is damaged: its file {f.rel} is missing; "
+                                   f"the copy stays partial. Run `sa cache verify {self.key} --root {self.src.url}` there.") from None
         self.dst.loc.put_atomic(f"{self.dst_dir}/{f.rel}", data, verify=False)
-        return len(data)
+        return data
 
-    def _copy_all(self, todo: list[_File], done: list[_File], lock: WriterLock) -> int:
-        """Copy `todo` with a thread pool and a bytes progress bar; returns bytes copied."""
-        known = sum(f.size or 0 for f in todo + done)
+    def _read_done(self, f: _File) -> bytes:
+        """The bytes of a chunk an earlier run copied (read back from the destination for the streamed digest)."""
+        return self.dst.loc.fs.cat_file(f"{self.dst_dir}/{f.rel}")
+
+    def _copy_all(self, files: list[_File], todo: list[_File], lock: WriterLock) -> int:
+        """Copy `todo` with a thread pool and a bytes progress bar, feeding every chunk of a streamed array to its
+        digest in order; stops at the first array that does not match. Returns bytes copied."""
+        copy = {id(f) for f in todo}
+        work = [f for f in files if id(f) in copy or f.chunk is not None]  # skipped chunks are still hashed
+        known = sum(f.size or 0 for f in files)
         moved = 0
         last_refresh = time.monotonic()
         with _bytes_progress(not self.progress) as bar:
             task = bar.add_task(f"copy {self.key}", total=known or None)
-            bar.advance(task, sum(f.size or 0 for f in done))
+            bar.advance(task, sum(f.size or 0 for f in files if id(f) not in copy))
             pool = ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="sa-cache-copy")
             try:
-                for f, n in zip(todo, pool.map(self._copy_one, todo)):
-                    moved += n
+                for f, data in _ordered(pool, lambda f: self._copy_one(f) if id(f) in copy else self._read_done(f), work):
+                    if f.chunk is not None:
+                        self._feed(f, data, resumed=id(f) not in copy)
+                    if id(f) not in copy:
+                        continue
+                    moved += len(data)
                     if f.size is None:
-                        bar.update(task, total=(bar.tasks[0].total or 0) + n)
-                    bar.advance(task, n)
+                        bar.update(task, total=(bar.tasks[0].total or 0) + len(data))
+                    bar.advance(task, len(data))
                     if time.monotonic() - last_refresh > LOCK_REFRESH_S:
                         lock.refresh()
                         last_refresh = time.monotonic()
@@ -217,19 +298,38 @@ class GroupCopy:
                 pool.shutdown(wait=True, cancel_futures=True)
         return moved
 
+    def _feed(self, f: _File, data: bytes, *, resumed: bool) -> None:
+        """Feed one chunk to its array's digest; after the array's last chunk, stop the copy if it does not match."""
+        stream = self._streams[f.array]
+        stream.resumed |= resumed
+        stream.feed(f.chunk, data)
+        if stream.fed == stream.n_chunks and stream.failure() is not None:
+            self._drop_array(f.array, self._files_cache)
+            where = (f"in what {self.src.url} sent and an earlier run copied to {self.dst.url}" if stream.resumed
+                     else f"as read from {self.src.url}")
+            raise DamagedError(f"while copying cache group {self.key}, array {f.array!r} did not match its digest "
+                               f"({stream.why}) {where}, so the copy stopped and stays partial; its copied chunks were "
+                               f"deleted, so rerunning the copy fetches it again (if that fails too, run "
+                               f"`sa cache verify {self.key} --root {self.src.url}` on the source).")
+
+    def _drop_array(self, name: str, files: list[_File]) -> None:
+        """Delete the destination's copies of array `name`'s chunks (so a rerun fetches them again)."""
+        for f in files:
+            if f.rel.startswith(f"{name}/") and f.data is None:
+                try:
+                    self.dst.loc.fs.rm_file(f"{self.dst_dir}/{f.rel}")
+                except FileNotFoundError:
+                    pass
+
     def _verify(self, manifest: dict, files: list[_File]) -> None:
-        """Recompute every digest at the destination; delete the copies of bad arrays and raise."""
+        """Recompute at the destination the digests no stream checked (the ids); delete the copies of bad arrays and raise."""
         group = FeatureGroup(self.dst, self.key, manifest)
-        bad = mismatched_arrays(group, manifest_digests(manifest), f"verify copy of {self.key}", self.progress)
+        expected = {n: d for n, d in manifest_digests(manifest).items() if n not in self._streams}
+        bad = mismatched_arrays(group, expected, f"verify copy of {self.key}", self.progress)
         if bad:
             for name in bad:
-                for f in files:
-                    if f.rel.startswith(f"{name}/") and f.data is None:
-                        try:
-                            self.dst.loc.fs.rm_file(f"{self.dst_dir}/{f.rel}")
-                        except FileNotFoundError:
-                            pass
-            raise SAError(f"after copying cache group {self.key} to {self.dst.url}, array(s) {', '.join(bad[:5])} do not match "
+                self._drop_array(name, files)
+            raise DamagedError(f"after copying cache group {self.key} to {self.dst.url}, array(s) {', '.join(bad[:5])} do not match "
                           f"their digests; the copy stays partial. Run `sa cache verify {self.key} --root {self.src.url}` on the "
                           f"source, then rerun the copy (the bad arrays are fetched again).")
 
@@ -260,9 +360,11 @@ class GroupCopy:
             partial = json.loads(raw)
             partial["attributes"]["sa"] = dict(manifest, status="partial", copying_from=f"{self.src.url}/{self.key}")
             self.dst.loc.put_atomic(f"{self.dst_dir}/zarr.json", json.dumps(partial, indent=2).encode())
-            files = self._files(manifest)
+            files = self._files_cache = self._files(manifest)
             todo, done = self._todo(files)
-            moved = self._copy_all(todo, done, lock)
+            needed = sum(f.size or 0 for f in todo)
+            with writing(self.dst.loc.display(self.key), needed):
+                moved = self._copy_all(files, todo, lock)
             self._clean_tmp()
             self._verify(manifest, files)
             lock.refresh()
@@ -271,6 +373,21 @@ class GroupCopy:
             lock.release()
         index.record(self.dst, self.key)
         return CopyReport(self.key, self.src.url, self.dst.url, len(files) + 1, len(todo) + 1, len(done), moved + len(raw))
+
+
+def _ordered(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
+             window: int = WINDOW) -> Iterator[tuple[Any, Any]]:
+    """(item, fn(item)) in the order of `items`, at most `window` running or waiting to be consumed."""
+    it = iter(items)
+    pending: collections.deque[tuple[Any, Future]] = collections.deque()
+    for item in itertools.islice(it, window):
+        pending.append((item, pool.submit(fn, item)))
+    while pending:
+        item, fut = pending.popleft()
+        result = fut.result()
+        for nxt in itertools.islice(it, 1):
+            pending.append((nxt, pool.submit(fn, nxt)))
+        yield item, result
 
 
 def _bytes_progress(disable: bool) -> Any:

@@ -40,11 +40,14 @@ from sa.cache.manifest import (
     now_iso,
 )
 from sa.cache.read import ArrayReader
-from sa.cache.verify import digest_blocks, digest_ids, manifest_digests, mismatched_arrays
-from sa.errors import SAError
+from sa.cache.verify import array_problems, digest_blocks, digest_ids, manifest_digests
+from sa.errors import DamagedError, SAError, writing
 from sa.progress import make_progress
 
 ROOT_MARKER = "sa-cache.json"
+DAMAGED = "damaged"
+# files a group folder may hold before its zarr.json exists (a writer that just took the lock)
+_PRE_METADATA = ("writer.lock", "_progress", ".sa-tmp-")
 
 
 def open_root(url_or_path: Any = None, read_only: bool = False, *, storage_options: dict | None = None) -> "CacheRoot":
@@ -117,10 +120,27 @@ class CacheRoot:
         except ValueError:
             meta = None
         if not isinstance(meta, dict):
-            raise SAError(f"the metadata {self.loc.display(key, 'zarr.json')} is not a valid zarr.json; remove the group with "
-                          f"`sa cache rm {key}` and extract it again.")
+            exc = DamagedError(f"cache group {key} is damaged: its metadata {self.loc.display(key, 'zarr.json')} is not a "
+                               f"valid zarr.json; remove the group with `sa cache rm {key}` and extract or pull it again.")
+            exc.reason = "its zarr.json is not valid JSON"
+            raise exc
         manifest = (meta.get("attributes") or {}).get("sa")
         return manifest if isinstance(manifest, dict) else None
+
+    def _lost_metadata(self, key: str) -> DamagedError:
+        """The error for a group folder (or index entry) whose zarr.json is gone."""
+        exc = DamagedError(f"cache group {key} under {self.url} is damaged: its metadata (zarr.json) is missing, so none of "
+                           f"its arrays can be trusted; remove it with `sa cache rm {key}` and extract or pull it again.")
+        exc.reason = "its zarr.json is missing"
+        return exc
+
+    def _read_manifest(self, key: str) -> dict:
+        """The manifest of an existing group `key`; DamagedError when its zarr.json is missing or unreadable."""
+        manifest = self._manifest(key)
+        if manifest is None:
+            raise self._lost_metadata(key)
+        return manifest
+
 
     def _check_is_cache(self) -> bool:
         """False for a root that does not exist yet; True for a cache; SAError for anything else."""
@@ -146,17 +166,26 @@ class CacheRoot:
                       f"pass the cache root with --root or set SA_CACHE.")
 
     def _check_unlistable(self) -> bool:
-        """A root without listing (HTTP) is a cache when its marker or index can be fetched."""
+        """A root without listing (HTTP) is a cache when its marker or index can be fetched; say so when it cannot be reached."""
         from sa.cache.index import INDEX_NAME
 
-        fs = self.loc.fs
-        try:
-            if fs.exists(self.loc.path(ROOT_MARKER)) or fs.exists(self.loc.path(INDEX_NAME)):
+        for name in (ROOT_MARKER, INDEX_NAME):
+            try:  # cat_file, not exists/info: fsspec's HTTP info turns "no answer" into FileNotFoundError
+                self.loc.fs.cat_file(self.loc.path(name))
                 return True
-        except OSError as exc:
-            raise SAError(f"cannot reach cache root {self.url} ({exc}); check the server is up and the URL is right.") from None
-        raise SAError(f"{self.url} serves no {ROOT_MARKER} or {INDEX_NAME}, so it is not a feature cache root; "
+            except FileNotFoundError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - aiohttp/fsspec raise many types for "no answer"
+                raise SAError(f"cannot reach cache root {self.url} ({type(exc).__name__}: {exc}); check that the server "
+                              f"is running and the URL is right.") from None
+        raise SAError(f"{self.url} answers but serves no {ROOT_MARKER} or {INDEX_NAME}, so it is not a feature cache root; "
                       f"point the URL at the served cache folder.")
+
+    def require_exists(self) -> None:
+        """SAError when the root does not exist (commands that only read; writers create it)."""
+        if not self._check_is_cache():
+            raise SAError(f"cache root {self.url} does not exist; pass the cache folder with --root or set SA_CACHE "
+                          f"(`sa extract` creates a new one).")
 
     def _index_entries(self) -> dict[str, dict] | None:
         """The lab index entries (None when the root has none)."""
@@ -173,7 +202,11 @@ class CacheRoot:
         return (meta.get("attributes") or {}).get("sa") if isinstance(meta, dict) else None
 
     def _keys(self) -> list[str]:
-        """Keys of every group (complete or partial) under the root."""
+        """Keys of every group (complete, partial or damaged) under the root.
+
+        A listable root also yields folders that hold group files but lost their zarr.json, and keys the lab
+        index lists whose folder is gone, so that damage shows instead of silently vanishing.
+        """
         if not self._check_is_cache():
             return []
         if not self.loc.listable:
@@ -183,15 +216,30 @@ class CacheRoot:
                               f"folder it serves, or give full '<image-set id>/<backbone key>' keys.")
             return sorted(entries)
         fs = self.loc.fs
-        keys = []
-        for iset in sorted(fs.ls(self.loc.base, detail=False)):
+        try:
+            keys = set(self._index_entries() or {})
+        except SAError:
+            keys = set()  # a torn index is what `reindex` repairs; the folders still list
+        for iset in fs.ls(self.loc.base, detail=False):
             iset_name = iset.rstrip("/").rsplit("/", 1)[-1]
             if not is_image_set_id(iset_name) or not fs.isdir(iset):
                 continue
-            for grp in sorted(fs.ls(iset, detail=False)):
-                if fs.exists(f"{grp.rstrip('/')}/zarr.json"):
-                    keys.append(f"{iset_name}/{grp.rstrip('/').rsplit('/', 1)[-1]}")
-        return keys
+            for grp in fs.ls(iset, detail=False):
+                grp = grp.rstrip("/")
+                if fs.exists(f"{grp}/zarr.json") or self._holds_group_files(grp):
+                    keys.add(f"{iset_name}/{grp.rsplit('/', 1)[-1]}")
+        return sorted(keys)
+
+    def _holds_group_files(self, path: str) -> bool:
+        """True for a folder holding array data or metadata (not just a fresh writer's lock and progress markers)."""
+        fs = self.loc.fs
+        try:
+            if not fs.isdir(path):
+                return False
+            names = [c.rstrip("/").rsplit("/", 1)[-1] for c in fs.ls(path, detail=False)]
+        except FileNotFoundError:
+            return False
+        return any(not n.startswith(_PRE_METADATA) for n in names)
 
     def _ensure_root(self) -> None:
         """Create the root and its marker, with one clear sentence if it cannot be written."""
@@ -199,19 +247,23 @@ class CacheRoot:
         self._check_is_cache()
         fs = self.loc.fs
         try:
-            fs.makedirs(self.loc.base, exist_ok=True)
-            if not fs.exists(self.loc.path(ROOT_MARKER)):
-                fs.pipe_file(self.loc.path(ROOT_MARKER), json.dumps({"format": "sa-feature-cache", "version": 1}).encode())
-        except (OSError, PermissionError) as exc:
+            with writing(self.url):  # a full disk is said as such (with the resume promise), not as "not writable"
+                fs.makedirs(self.loc.base, exist_ok=True)
+                if not fs.exists(self.loc.path(ROOT_MARKER)):
+                    fs.pipe_file(self.loc.path(ROOT_MARKER), json.dumps({"format": "sa-feature-cache", "version": 1}).encode())
+        except OSError as exc:
             raise SAError(f"cannot write to cache root {self.url} ({exc.strerror or exc}); pass a writable --root or set SA_CACHE.") from None
 
     # -- public API ----------------------------------------------------------------------
     def resolve(self, key: str) -> str:
         """The full '<image-set id>/<backbone key>' for a full key, a unique backbone key, or a unique prefix."""
         wanted = key.strip().strip("/")
-        if wanted.count("/") == 1 and is_image_set_id(wanted.split("/")[0]) and self._manifest(wanted) is not None:
-            return wanted  # a full key needs no listing (HTTP roots)
+        if wanted.count("/") == 1 and is_image_set_id(wanted.split("/")[0]) \
+                and self.loc.fs.exists(f"{self._group_path(wanted)}/zarr.json"):
+            return wanted  # a full key needs no listing (HTTP roots); a torn zarr.json still resolves (for `rm`)
         keys = self._keys()
+        if not keys:
+            self.require_exists()
         if wanted in keys:
             return wanted
         exact = [k for k in keys if k.split("/", 1)[1] == wanted]
@@ -239,9 +291,9 @@ class CacheRoot:
         return "complete" if manifest.get("status") == "complete" else "partial"
 
     def info(self, key: str) -> GroupInfo:
-        """The GroupInfo (manifest, size on disk) of one group."""
+        """The GroupInfo (manifest, size on disk) of one group; DamagedError when its metadata is lost or torn."""
         full = self.resolve(key)
-        return GroupInfo.from_manifest(full, self._manifest(full) or {}, self._du(full))
+        return GroupInfo.from_manifest(full, self._read_manifest(full), self._du(full))
 
     def _du(self, key: str) -> int:
         """Bytes on disk under group `key` (roots without listing: from the index, else the arrays' sizes)."""
@@ -273,8 +325,16 @@ class CacheRoot:
         else:
             if use_index and not self.loc.listable:
                 self._keys()  # raises the "no index" error
-            infos = [GroupInfo.from_manifest(k, self._manifest(k) or {}, self._du(k)) for k in self._keys()]
+            infos = [self._scan_info(k) for k in self._keys()]
         return sorted(infos, key=lambda i: (i.created, i.key))
+
+    def _scan_info(self, key: str) -> GroupInfo:
+        """The GroupInfo of `key` from its own zarr.json, or one with status 'damaged' (the reason in its manifest)."""
+        try:
+            return GroupInfo.from_manifest(key, self._read_manifest(key), self._du(key))
+        except DamagedError as exc:
+            manifest = {"status": DAMAGED, "damage": str(exc), "damage_reason": getattr(exc, "reason", "damaged")}
+            return GroupInfo.from_manifest(key, manifest, self._du(key))
 
     def create(self, image_set_id: str, backbone_key: str, ids: Sequence[str], arrays: Mapping[str, int],
                manifest: Mapping[str, Any], *, block_rows: int = 256, lock: bool = True) -> "FeatureWriter":
@@ -364,9 +424,9 @@ class CacheRoot:
         return FeatureWriter(self, full, None)
 
     def open(self, key: str) -> "FeatureGroup":
-        """Open a complete group for reading; partial or missing groups raise an SAError saying what to do."""
+        """Open a complete group for reading; partial, missing or damaged groups raise an SAError saying what to do."""
         full = self.resolve(key)
-        manifest = self._manifest(full) or {}
+        manifest = self._read_manifest(full)
         if manifest.get("status") != "complete" and manifest.get("copying_from"):
             raise SAError(f"cache group {full} under {self.url} is still being copied from {manifest['copying_from']}, so it "
                           f"cannot be read; rerun the same `sa cache push`/`pull` to finish it (copied files are kept).")
@@ -388,7 +448,8 @@ class CacheRoot:
                               f"(or pass --force to delete it anyway).")
         fs = self.loc.fs
         try:
-            fs.rm(self._group_path(full), recursive=True)
+            if fs.exists(self._group_path(full)):  # a key only the index still lists has no folder left
+                fs.rm(self._group_path(full), recursive=True)
             parent = self.loc.path(full.split("/")[0])
             if fs.exists(parent) and not fs.ls(parent, detail=False):
                 fs.rm(parent, recursive=True)
@@ -399,13 +460,21 @@ class CacheRoot:
         index.forget(self, full)
 
     def verify(self, key: str, *, progress: bool = True) -> list[str]:
-        """Recompute every digest of a complete group; return the names of arrays that no longer match."""
+        """Recompute every digest of a complete group and check its float arrays are finite; return the bad arrays."""
+        return list(self.problems(key, progress=progress))
+
+    def problems(self, key: str, *, progress: bool = True) -> dict[str, str]:
+        """What `verify` finds, array by array: name -> why it fails (digest, missing chunk, NaN/Inf); {} when sound.
+
+        DamagedError when the group's own metadata is lost or torn.
+        """
         full = self.resolve(key)
-        manifest = self._manifest(full) or {}
+        manifest = self._read_manifest(full)
         if manifest.get("status") != "complete":
             raise SAError(f"cache group {full} is partial, so it has no digests to verify yet; resume it by rerunning `sa extract`, "
                           f"or remove it with `sa cache rm {full}`.")
-        return mismatched_arrays(FeatureGroup(self, full, manifest), manifest_digests(manifest), f"verify {full}", progress)
+        return array_problems(FeatureGroup(self, full, manifest), manifest_digests(manifest), f"verify {full}", progress,
+                              finite=True)
 
 
 class FeatureGroup:
@@ -467,8 +536,10 @@ class FeatureGroup:
             except Exception as exc:  # noqa: BLE001
                 raise SAError(f"array {name!r} of cache group {self.key} cannot be opened ({type(exc).__name__}); run "
                               f"`sa cache verify {self.key}`, then remove and extract the group again.") from None
-            local_dir = f"{self.root._group_path(self.key)}/{name}" if self.root.loc.local else None
-            self._readers[name] = ArrayReader(zarray, name, self.root.loc.display(self.key), local_dir)
+            folder = f"{self.root._group_path(self.key)}/{name}"
+            local = self.root.loc.local
+            self._readers[name] = ArrayReader(zarray, name, self.root.loc.display(self.key), folder if local else None,
+                                              fs=None if local else self.root.loc.fs, remote_dir=None if local else folder)
         return self._readers[name]
 
     def read(self, name: str, rows: slice | np.ndarray | Sequence[int] | None = None) -> np.ndarray:
@@ -495,11 +566,12 @@ class FeatureGroup:
         return digest_blocks(block for _, block in self._reader(name).iter_blocks())
 
     def dask(self, name: str) -> Any:
-        """Array `name` as a lazy dask array (one dask chunk per cache block)."""
+        """Array `name` as a lazy dask array (one dask chunk per cache block), read through the checked reader."""
         import dask.array as da
 
-        self._reader(name)
-        return da.from_zarr(self.zgroup[name])
+        reader = self._reader(name)
+        return da.from_array(_Rows(reader), chunks=(reader.chunk_rows, reader.shape[1]), asarray=True,
+                             name=f"sa-{self.key}-{name}-{self.manifest.get('completed', '')}", lock=False)
 
     def lazy(self, pool: str | None = None) -> dict[str, Any]:
         """Every array (or those of one pool) as lazy dask arrays, by name."""
@@ -519,6 +591,21 @@ class FeatureGroup:
             raise SAError(f"{len(missing)} image id(s) are not in cache group {self.key} (or were skipped as unreadable), "
                           f"e.g. {shown}; extract features for the image set the brain data uses.")
         return rows
+
+
+class _Rows:
+    """An array-like over an ArrayReader for dask (so a missing chunk raises CorruptChunk instead of reading as NaN)."""
+
+    def __init__(self, reader: ArrayReader) -> None:
+        self.reader = reader
+        self.shape = reader.shape
+        self.dtype = reader.dtype
+        self.ndim = 2
+
+    def __getitem__(self, sel: Any) -> np.ndarray:
+        rows, cols = sel if isinstance(sel, tuple) else (sel, slice(None))
+        start, stop, step = rows.indices(self.shape[0])
+        return self.reader.read_range(start, stop)[::step, cols]
 
 
 class FeatureWriter:
@@ -558,6 +645,16 @@ class FeatureWriter:
         """Blocks still to write, in order."""
         done = self.done_blocks()
         return [b for b in range(self.n_blocks) if b not in done]
+
+    def bytes_pending(self) -> int:
+        """Bytes the blocks still to write take on disk (every chunk is stored whole)."""
+        per_row = sum(int(self.manifest["arrays"][n]["shape"][1]) * np.dtype(self.manifest["arrays"][n].get("dtype") or FEATURE_DTYPE).itemsize
+                      for n in self.arrays)
+        return len(self.pending_blocks()) * self.block_rows * per_row
+
+    def writing(self) -> Any:
+        """A context in which a full disk or file-size limit names this group and the space its pending blocks need."""
+        return writing(self.root.loc.display(self.key), self.bytes_pending())
 
     def block_rows_slice(self, b: int) -> slice:
         """The rows of block `b`."""

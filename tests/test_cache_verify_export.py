@@ -27,7 +27,8 @@ def test_verify_names_flipped_and_undecodable_arrays(tmp_path):
     path.write_bytes(bytes(raw))
     _chunk(tmp_path, "final", 5).write_bytes(b"\x00" * 10)  # truncated: no longer decodes
     assert root.verify(KEY, progress=False) == ["mean/01", "final"]
-    with pytest.raises(CorruptChunk, match=r"array 'final' .* corrupted chunk 5 .*sa cache verify"):
+    assert root.problems(KEY, progress=False) == {"mean/01": "digest differs", "final": "chunk 5 has 10 bytes instead of 16384"}
+    with pytest.raises(CorruptChunk, match=r"is damaged: chunk 5 \(c/5/0\) of array 'final' has 10 bytes.*sa cache verify"):
         root.open(KEY).read("final")
     assert path.exists()  # nothing deleted
 
