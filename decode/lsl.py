@@ -163,8 +163,11 @@ class Inlet:
                 pass
 
 
-def still_visible(spec_info: Any, timeout: float = 0.5) -> Any | None:
-    """The stream with the same source id (or name) if it can still be resolved, else None."""
+def still_visible(spec_info: Any, timeout: float = 1.0) -> Any | None:
+    """The stream with the same source id (or name) if it can still be resolved, else None.
+
+    liblsl answers a resolve no sooner than its MulticastMinRTT (0.5 s by default): give `timeout` >= 1 s.
+    """
     lsl = mne_lsl()
     if spec_info.source_id:
         found = lsl.resolve_streams(timeout=timeout, source_id=spec_info.source_id)

@@ -281,10 +281,12 @@ class Epocher:
         return epoch[:, self.keep], float(self.arrival[last]), float(ts[last])
 
     def effective_rate(self) -> float | None:
-        """Samples per second measured from the timestamps held (None with under 2 s of data)."""
+        """Samples per second measured from the timestamps held, gaps of dropped samples left out (None under 2 s)."""
         if self.n < 2 or self.ts[self.n - 1] - self.ts[0] < 2.0:
             return None
-        return (self.n - 1) / (self.ts[self.n - 1] - self.ts[0])
+        steps = np.diff(self.ts[:self.n])
+        steps = steps[steps <= 1.5 / self.fs_in]
+        return len(steps) / steps.sum() if steps.sum() > 0 else None
 
     def amplitude(self) -> np.ndarray | None:
         """Per-channel standard deviation of the last 2 s held (None with less)."""
@@ -703,15 +705,23 @@ class StreamSession:
         self._new_markers = getattr(self, "_new_markers", 0) + 1
 
     def _burst(self) -> None:
+        """More markers waiting than --max-pending: drop the oldest; one line per burst (at most one a second)."""
         new = getattr(self, "_new_markers", 0)
         self._new_markers = 0
         extra = len(self.pending) - self.options.max_pending
-        if extra > 0:
-            self.pending.sort(key=lambda p: p.time)
-            self.pending = self.pending[extra:]
-            self.status.skipped += extra
-            self._say(f"burst of {new} markers: more than --max-pending {self.options.max_pending} waited for data, so "
-                      f"the {extra} oldest were skipped.", "burst")
+        if extra <= 0:
+            return
+        self.pending.sort(key=lambda p: p.time)
+        self.pending = self.pending[extra:]
+        self.status.skipped += extra
+        now = time.monotonic()
+        if now - getattr(self, "_last_burst", -1e9) < 1.0:
+            self._burst_quiet = getattr(self, "_burst_quiet", 0) + extra
+            return
+        extra += getattr(self, "_burst_quiet", 0)
+        self._burst_quiet, self._last_burst = 0, now
+        self._say(f"burst of {new} markers: more than --max-pending {self.options.max_pending} waited for EEG data, "
+                  f"so the {extra} oldest were skipped.", "burst")
 
     def _decide_ready(self) -> None:
         latest = self.epocher.latest
@@ -808,7 +818,7 @@ class StreamSession:
         if now - self._last_probe < 1.0:
             return
         self._last_probe = now
-        if still_visible(self.eeg_info, timeout=0.3) is None:
+        if still_visible(self.eeg_info) is None:
             self._recover("EEG")
 
     def _recover(self, role: str) -> None:
@@ -823,7 +833,7 @@ class StreamSession:
             self.on_status(self.status)
         deadline = time.monotonic() + self.options.lost_s
         while time.monotonic() < deadline:
-            back = still_visible(info, timeout=min(0.5, max(deadline - time.monotonic(), 0.05)))
+            back = still_visible(info, timeout=min(1.0, max(deadline - time.monotonic(), 0.1)))
             if back is not None and back.uid != info.uid:
                 if role == "EEG":
                     self.eeg.close()

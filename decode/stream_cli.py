@@ -83,7 +83,7 @@ def stream_cmd(
     if list_streams:
         found = visible_streams(1.0)
         for s in found:
-            console.print(describe_stream(s), highlight=False)
+            console.print(describe_stream(s), highlight=False, soft_wrap=True)
         if not found:
             console.print("no LSL stream is visible from this machine.")
         return
@@ -107,7 +107,7 @@ def stream_cmd(
         trigger=trigger, options=opts, log=log, commands=commands, root=cache, outlet_name=outlet,
         command_outlet_name=command_outlet, resolve_timeout=wait, notify=say)
     if not live_on:
-        session = StreamSession(checkpoint, gallery, notify=lambda text: console.print(text, highlight=False, markup=False),
+        session = StreamSession(checkpoint, gallery, notify=lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True),
                                 **{k: v for k, v in session_args.items() if k != "notify"})
         decisions = session.run(max_decisions=max_decisions, duration=duration)
     else:
@@ -117,14 +117,14 @@ def stream_cmd(
             def show(status: Any) -> None:
                 live.update(_display(status), refresh=True)
 
-            session_args["notify"] = lambda text: live.console.print(text, highlight=False, markup=False)
+            session_args["notify"] = lambda text: live.console.print(text, highlight=False, markup=False, soft_wrap=True)
             session = StreamSession(checkpoint, gallery, on_status=show, **session_args)
             decisions = session.run(max_decisions=max_decisions, duration=duration)
     st = session.status
     lat = sorted(d.latency_ms for d in decisions)
     tail = f"; latency p50 {lat[len(lat) // 2]:.1f} ms" if lat else ""
     console.print(f"session ended: {len(decisions)} decision(s) from {st.epochs} epoch(s), {st.skipped} marker(s) "
-                  f"skipped, {st.dropped} sample(s) dropped{tail}; log: {log}", highlight=False)
+                  f"skipped, {st.dropped} sample(s) dropped{tail}; log: {log}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -97,6 +97,22 @@ def train_checkpoint(path: Path, group, fwd: Forward, *, encoder: str = "linear"
     return save_checkpoint(path, ckpt)
 
 
+def trained_model(tmp_path_factory):
+    """(checkpoint, gallery group, forward model, gallery features) of the session: trained on first use (~5 s)."""
+    from sa.cache import open_root
+
+    base = tmp_path_factory.getbasetemp() / "stream-model"
+    ckpt = base / "sim.safetensors"
+    fwd = Forward.make(16, len(CH_NAMES))
+    if ckpt.exists():
+        group = open_root(base / "cache").open(f"{IMAGE_SET}/toy-net-0000000000")
+    else:
+        base.mkdir(parents=True, exist_ok=True)
+        group = make_gallery(base / "cache")
+        train_checkpoint(ckpt, group, fwd)
+    return ckpt, group, fwd, group.read("gap/09").astype(np.float32)
+
+
 def make_raw(fwd: Forward, feats: np.ndarray, shown: list[int], *, sfreq: float = SFREQ, soa: float = 0.35,
              lead: float = 1.5, tail: float = 0.8, noise: float = 0.3, seed: int = 3, extra: bool = True,
              trigger: bool = False, labels: list[str] | None = None):

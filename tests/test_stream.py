@@ -23,17 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*End of file reached with an em
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(checkpoint path, gallery group, forward model, gallery features): trained in-test, saved by sa's save path."""
-    tmp = tmp_path_factory.mktemp("stream-model")
-    group = ss.make_gallery(tmp / "cache")
-    fwd = ss.Forward.make(16, len(ss.CH_NAMES))
-    ckpt = ss.train_checkpoint(tmp / "sim.safetensors", group, fwd)
-    return ckpt, group, fwd, group.read("gap/09").astype(np.float32)
-
-
-def _player(path, name, **kw):
-    from mne_lsl.player import PlayerLSL
-
-    return PlayerLSL(path, chunk_size=5, n_repeat=1, name=name, **kw)
+    return ss.trained_model(tmp_path_factory)
 
 
 def _subscribe(name: str):
