@@ -205,7 +205,7 @@ def make_things_meg(seed: int = 0) -> ThingsMeg:
     codes = np.asarray(train_nrs + test_nrs * reps + [999999] * 3)
     rng = np.random.default_rng(seed)
     codes = codes[rng.permutation(len(codes))]
-    data = rng.normal(size=(len(codes), len(MEG_CH), 281)) * 1e-12
+    data = rng.normal(size=(len(codes), len(MEG_CH), 281))  # step1_preprocessing.py:95-98 stores z-scores
     return ThingsMeg(concepts, per, test_nrs, reps, codes, data)
 
 

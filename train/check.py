@@ -87,7 +87,7 @@ def _scan_subject(raw: RawSubject, problems: list[str], notes: list[str], progre
         flat = np.flatnonzero(lo == hi)
         if len(flat) == s.n_channels:
             values = np.unique(lo)
-            what = f"every value is {values[0]:g}" if len(values) == 1 else "each channel holds one value"
+            what = f"every value is {values[0] + 0.0:g}" if len(values) == 1 else "each channel holds one value"
             problems.append(f"{raw.subject}: the {split} data are constant on every channel ({what} in {s.source}): "
                             "they hold no signal; check how the file was written, or download it again.")
         elif len(flat):
