@@ -142,7 +142,13 @@ def _pair_subjects(dirs: list[Path], train_pat: tuple[str, ...], test_pat: tuple
             continue
         if train is None or test is None:
             missing = "training" if train is None else "test"
-            problems.append(f"{d.name}: no {missing} file in {d} (expected {(train_pat if train is None else test_pat)[0]}).")
+            present = (test if train is None else train).name
+            wanted = train_pat if train is None else test_pat
+            kind = "_meg_" if "_meg_" in present else "_eeg_" if "_eeg_" in present else ""
+            expected = next((p for p in wanted if kind in p and "*" not in p), wanted[0])
+            if kind == "_meg_":
+                expected = "preprocessed_meg_training.pkl" if train is None else "preprocessed_meg_zs_test.pkl"
+            problems.append(f"{d.name}: no {missing} file in {d} (expected {expected}).")
         subjects[d.name] = (train, test)
     return subjects, problems, empty
 
