@@ -26,6 +26,12 @@ def model(tmp_path_factory):
     return ss.trained_model(tmp_path_factory)
 
 
+def _player(path, name, **kw):
+    from mne_lsl.player import PlayerLSL
+
+    return PlayerLSL(path, chunk_size=5, n_repeat=1, name=name, **kw)
+
+
 def _subscribe(name: str):
     """A consumer's inlet on one of the session's outlets (recover=True, so it drains what arrived after the end)."""
     from mne_lsl.lsl import StreamInlet
