@@ -158,7 +158,7 @@ def verify_cmd(
         try:
             bad = cache.problems(k, progress=True)
         except DamagedError as exc:
-            bad = {"zarr.json": getattr(exc, "reason", str(exc))}
+            bad = {"metadata": getattr(exc, "reason", str(exc))}
         if bad:
             failed[k] = bad
             listed = ", ".join(f"{name} ({why})" for name, why in bad.items())

@@ -11,6 +11,7 @@ digest equals the one in the manifest.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
@@ -54,27 +55,92 @@ def export_group(root: CacheRoot | str, key: str, out: str | os.PathLike, *, ove
     return out
 
 
+class _GuardedFile(io.RawIOBase):
+    """The file HDF5 writes through: the first OSError of a write (full disk, file-size limit) is kept, and later
+    writes are pretended, so HDF5 closes cleanly and the caller raises the kept error.
+
+    Why: an HDF5 file whose write failed cannot be closed, and the library then crashes the interpreter at exit
+    (h5py 3, HDF5 1.14), after printing tracebacks.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._f = open(path, "w+b")  # noqa: SIM115 - closed in close()
+        self._pos = 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        end = self._f.seek(0, 2) if whence == 2 else 0
+        self._pos = pos + (self._pos if whence == 1 else end if whence == 2 else 0)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        self._f.seek(self._pos)
+        n = self._f.readinto(buf) or 0
+        self._pos += n
+        return n
+
+    def _guard(self, op: Any) -> None:
+        if self.error is None:
+            try:
+                op()
+            except OSError as exc:
+                self.error = exc
+
+    def write(self, data: Any) -> int:
+        at = self._pos
+        self._guard(lambda: (self._f.seek(at), self._f.write(data)))
+        self._pos += len(memoryview(data).cast("B"))
+        return len(memoryview(data).cast("B"))
+
+    def truncate(self, size: int | None = None) -> int:
+        self._guard(lambda: self._f.truncate(self._pos if size is None else size))
+        return self._pos if size is None else size
+
+    def flush(self) -> None:
+        if not self._f.closed:
+            self._guard(self._f.flush)
+
+    def close(self) -> None:
+        self.flush()
+        self._guard(self._f.close)
+        super().close()
+
+    def check(self) -> None:
+        """Raise the kept write error, if any."""
+        if self.error is not None:
+            raise self.error
+
+
 def _write_h5(group: FeatureGroup, path: str, digests: dict, progress: bool) -> None:
-    """Write the export file `path` (checking digests as it reads); a failed write's own close error is not raised."""
+    """Write the export file `path`, checking digests as it reads; a full disk or file-size limit raises its OSError."""
     import h5py
 
-    h5 = h5py.File(path, "w")
+    guarded = _GuardedFile(path)
     try:
-        with make_progress("array", disable=not progress, transient=True) as bar:
+        with h5py.File(guarded, "w") as h5, make_progress("array", disable=not progress, transient=True) as bar:
             h5.attrs[MANIFEST_ATTR] = json.dumps(group.manifest)
             h5.attrs[KEY_ATTR] = group.key
             h5.create_dataset(IDS_ARRAY, data=np.array(group.ids.tolist(), dtype=object), dtype=h5py.string_dtype("utf-8"))
             task = bar.add_task(f"export {group.key}", total=len(group.arrays))
             for name in group.arrays:
-                _copy_to_h5(group, name, h5, digests.get(name))
+                _copy_to_h5(group, name, h5, digests.get(name), guarded)
                 bar.advance(task)
-    except BaseException:
-        try:
-            h5.close()
-        except Exception:  # noqa: BLE001 - h5py cannot flush a file whose write just failed; the file is discarded
-            pass
-        raise
-    h5.close()
+    finally:
+        guarded.close()
+    guarded.check()
 
 
 def _export_bytes(group: FeatureGroup) -> int:
@@ -90,7 +156,7 @@ def _damaged(group: FeatureGroup, name: str, why: str) -> DamagedError:
                         f"written; run `sa cache verify {group.key}` and extract or pull the group again.")
 
 
-def _copy_to_h5(group: FeatureGroup, name: str, h5: Any, digest: Any) -> None:
+def _copy_to_h5(group: FeatureGroup, name: str, h5: Any, digest: Any, guarded: _GuardedFile) -> None:
     """Copy one array into dataset `name` block by block, checking its digest as it reads; DamagedError on a mismatch."""
     reader = group._reader(name)
     ds = h5.create_dataset(name, shape=reader.shape, dtype=reader.dtype.newbyteorder("<"))
@@ -99,6 +165,7 @@ def _copy_to_h5(group: FeatureGroup, name: str, h5: Any, digest: Any) -> None:
         for start, block in reader.iter_blocks():
             h.update(block)
             ds[start:start + block.shape[0]] = block
+            guarded.check()  # stop at a full disk instead of pretending the rest
     except DamagedError as exc:
         raise _damaged(group, name, getattr(exc, "reason", "does not decode")) from None
     if h.hexdigest() != digest:
@@ -150,8 +217,10 @@ def import_group(path: str | os.PathLike, root: CacheRoot | str | None = None, *
             raise SAError(f"{os.fspath(path)} lacks the dataset(s) {', '.join(missing[:5])} listed in its manifest; export the group again.")
         ids = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in h5[IDS_ARRAY][:]]
         carried = {k: v for k, v in manifest.items() if k not in ("status", "arrays", "completed", "ids_digest")}
-        writer = cache.create(manifest["image_set_id"], manifest["backbone_key"], ids, widths, carried,
-                              block_rows=int(manifest["block_rows"]))
+        total = sum(len(ids) * w * np.dtype(manifest["arrays"][n].get("dtype") or "float16").itemsize for n, w in widths.items())
+        with writing(cache.loc.display(key), total):  # creating the group writes the ids and the array metadata
+            writer = cache.create(manifest["image_set_id"], manifest["backbone_key"], ids, widths, carried,
+                                  block_rows=int(manifest["block_rows"]))
         with writer, writer.writing(), make_progress("block", disable=not progress, transient=True) as bar:
             pending = writer.pending_blocks()
             task = bar.add_task(f"import {key}", total=len(pending))

@@ -280,7 +280,8 @@ class GroupCopy:
             bar.advance(task, sum(f.size or 0 for f in files if id(f) not in copy))
             pool = ThreadPoolExecutor(max_workers=COPY_THREADS, thread_name_prefix="sa-cache-copy")
             try:
-                for f, data in _ordered(pool, lambda f: self._copy_one(f) if id(f) in copy else self._read_done(f), work):
+                fetch = lambda f: self._copy_one(f) if id(f) in copy else self._read_done(f)  # noqa: E731
+                for f, data in _ordered(pool, fetch, work, WINDOW):
                     if f.chunk is not None:
                         self._feed(f, data, resumed=id(f) not in copy)
                     if id(f) not in copy:
@@ -376,7 +377,7 @@ class GroupCopy:
 
 
 def _ordered(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
-             window: int = WINDOW) -> Iterator[tuple[Any, Any]]:
+             window: int) -> Iterator[tuple[Any, Any]]:
     """(item, fn(item)) in the order of `items`, at most `window` running or waiting to be consumed."""
     it = iter(items)
     pending: collections.deque[tuple[Any, Future]] = collections.deque()

@@ -709,11 +709,15 @@ class FeatureWriter:
             for name in arrays:
                 arrays[name]["digest"] = group.digest(name)
                 bar.advance(task)
+        if manifest.get("ids_digest") and arrays[IDS_ARRAY]["digest"] != manifest["ids_digest"]:
+            raise DamagedError(f"cache group {self.key} cannot be completed: its ids array does not hold the image list it "
+                               f"was created with (a write of it was cut short), so it stays partial; remove it with "
+                               f"`sa cache rm {self.key}` and run the same command again.")
         if expect is not None:
             wrong = [n for n in arrays if expect.get(n) != arrays[n]["digest"]]
             if wrong:
-                raise SAError(f"cache group {self.key} does not match the expected digests for {', '.join(wrong[:5])}"
-                              f"{' ...' if len(wrong) > 5 else ''}; the source is damaged, so the group stays partial.")
+                raise DamagedError(f"cache group {self.key} does not match the expected digests for {', '.join(wrong[:5])}"
+                                   f"{' ...' if len(wrong) > 5 else ''}; the source is damaged, so the group stays partial.")
         manifest["arrays"] = arrays
         manifest["status"] = "complete"
         manifest["completed"] = now_iso()
