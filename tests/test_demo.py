@@ -13,7 +13,7 @@ from sa.errors import SAError
 from sa.train.demo import DemoSettings, check_settings, layer_ranking, run_demo
 from sa.train.synth import bundled_mobilenet_weights
 
-pytestmark = pytest.mark.skipif(bundled_mobilenet_weights() is None, reason="needs the bundled MobileNetV2 weights")
+needs_weights = pytest.mark.skipif(bundled_mobilenet_weights() is None, reason="needs the bundled MobileNetV2 weights")
 
 ARGS = ["--quick", "--subjects", "2", "--seeds", "2", "--epochs", "20", "--seed", "0"]
 
@@ -33,6 +33,7 @@ def demo_run(tmp_path_factory):
     return app, out, res
 
 
+@needs_weights
 def test_demo_writes_dataset_cache_results_and_report(demo_run):
     _, out, res = demo_run
     assert res.exit_code == 0, res.output
@@ -62,6 +63,7 @@ def test_demo_writes_dataset_cache_results_and_report(demo_run):
     assert "things-synth" in md and "mobilenet_v2" in md and "![layers" in md
 
 
+@needs_weights
 def test_demo_recovers_the_planted_layer_by_validation(demo_run):
     _, out, res = demo_run
     assert "planted layer: gap/13" in res.output
@@ -69,6 +71,7 @@ def test_demo_recovers_the_planted_layer_by_validation(demo_run):
     assert str(out / "report" / "results.md") in res.output.replace("\n", "")
 
 
+@needs_weights
 def test_rerun_reuses_everything_and_other_settings_are_refused(demo_run):
     app, out, _ = demo_run
     runs_before = (out / "results" / "runs.csv").read_bytes()
@@ -101,3 +104,17 @@ def test_layer_ranking_breaks_ties_toward_the_shallower_layer():
         layers = [score("01", 50.0), score("02", 70.0), score("03", 70.0), score("04", 60.0)]
 
     assert [ls.layer for ls in layer_ranking(Summary)] == ["02", "03", "04", "01"]
+
+
+@pytest.mark.slow
+def test_random_init_demo_only_when_asked_and_still_has_an_answer(tmp_path):
+    """--random-init: the planted layer moves to the stem (deeper random layers underflow) and is recovered;
+    the layers random weights leave constant or near-constant are flagged, never chosen."""
+    result = run_demo(tmp_path / "rand", subjects=1, seeds=1, epochs=20, quick=True, random_init=True, progress=False)
+    assert result.random_init and result.planted == "gap/00" and result.recovered and result.planted_rank == 1
+    md = result.report.read_text()
+    assert "gap/17 (constant)" in md and "near-constant" in md and "never chosen" in md
+    assert "random-init MobileNetV2" in result.lines()[0]
+    # a real-weights demo in the same folder is refused: the settings differ
+    with pytest.raises(SAError, match="--random-init True -> False"):
+        check_settings(tmp_path / "rand", DemoSettings(subjects=1, seeds=1, quick=True))

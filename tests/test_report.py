@@ -166,3 +166,80 @@ def test_cli_report_and_missing_results(tmp_path):
     res = runner.invoke(app, ["report", str(tmp_path / "nothing")])
     assert res.exit_code == 2
     assert "runs.csv does not exist" in res.output and "sa sweep" in res.output
+
+
+def _setting_row(rd: ResultsDir, *, layer, top1, val, subject="sub-01", seed=0, channels="all", status="ok", **extra):
+    cfg = dict(dataset="things-eeg2", subject=subject, fold="intra", cache_key="bb-small-k", pool="mean", layer=layer,
+               encoder="eegproject", seed=seed)  # fmt: skip
+    rd.append_run(dict(cfg, run_id=run_id(**cfg, channels=channels), backbone="bb-small", backbone_params=38_000_000,
+                       n_blocks=4, depth=None if layer == "final" else (int(layer) - 1) / 3, top1=top1, top5=top1,
+                       val_top1=val, channels=channels, window="all", status=status, **extra))  # fmt: skip
+
+
+def test_three_channel_settings_are_three_sections_not_one_mean(tmp_path):
+    """The reported case: sweeps at 55.0, 35.0 and 35.0 in one folder were averaged into 41.7 '± sd over seeds'."""
+    from sa.cli import app
+
+    rd = ResultsDir(tmp_path / "res")
+    for channels, top1 in (("all", 55.0), ("occipital-parietal", 35.0), ("P7,Pz,O1", 35.0)):
+        for layer in ("01", "02", "final"):
+            _setting_row(rd, layer=layer, top1=top1 if layer == "02" else 10.0, val=50.0 if layer == "02" else 5.0,
+                         channels=channels)
+    sums = summarize(rd.runs())
+    assert sorted((s.variant_label, s.best.top1.mean) for s in sums) == [
+        ("channels=P7,Pz,O1", 35.0), ("channels=all", 55.0), ("channels=occipital-parietal", 35.0)]
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "res"), "--out", str(tmp_path / "rep")], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "results.md").read_text()
+    for label in ("channels=all", "channels=occipital-parietal", "channels=P7,Pz,O1"):
+        assert f"## things-eeg2, intra-subject, {label}" in md
+    assert "41.7" not in md and "41.7" not in res.output
+    assert len([p for p in (tmp_path / "rep").glob("*-layers.png")]) == 3  # one figure per setting, none overwritten
+
+
+def test_a_degenerate_layer_never_wins_and_is_flagged(tmp_path):
+    rd = ResultsDir(tmp_path)
+    for seed in (0, 1):
+        _setting_row(rd, layer="01", top1=20.0, val=30.0, seed=seed)
+        _setting_row(rd, layer="02", top1=0.0, val=100.0, seed=seed, status="constant-features")  # the old failure
+        _setting_row(rd, layer="03", top1=None, val=None, seed=seed, status="non-finite-features")
+        _setting_row(rd, layer="final", top1=5.0, val=4.0, seed=seed)
+    (s,) = summarize(rd.runs())
+    assert s.best.layer == "01" and s.best.top1.mean == 20.0
+    assert [(ls.layer, ls.flag) for ls in s.flagged] == [("02", "constant-features"), ("03", "non-finite-features")]
+    md = to_markdown([s])
+    assert "mean/02 (constant), mean/03 (non-finite)" in md and "never chosen" in md
+
+
+def test_headline_counts_only_subjects_with_a_result(tmp_path):
+    """NaN rows (a diverged subject) must not keep '2 subject(s)' in the headline."""
+    from sa.train.summary import spread_note
+
+    rd = ResultsDir(tmp_path)
+    for layer in ("01", "02", "final"):
+        _setting_row(rd, layer=layer, top1=30.0, val=20.0 + int(layer != "final"), subject="sub-01")
+        _setting_row(rd, layer=layer, top1=None, val=None, subject="sub-02", status="diverged")
+        _setting_row(rd, layer=layer, top1=None, val=None, subject="sub-03")  # NaN cells, no status (an older sa)
+    (s,) = summarize(rd.runs())
+    assert [sub.subject for sub in s.subjects] == ["sub-01"]
+    assert "1 subject(s)" in spread_note([s]) and s.n_diverged == 3
+
+
+def test_report_says_what_it_assumes_for_an_old_runs_csv(tmp_path):
+    import csv
+
+    from sa.train.report import write_report
+    from sa.train.results import LEGACY_RUN_COLUMNS
+
+    rd = ResultsDir(tmp_path / "res")
+    _fill(rd, backbones={"bb-small": BACKBONES["bb-small"]})
+    rows = rd.runs()
+    with open(rd.runs_path, "w", newline="") as fh:  # rewrite it as the old sa did: the old columns only
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(LEGACY_RUN_COLUMNS)
+        for r in rows:
+            w.writerow(["" if r[c] is None else r[c] for c in LEGACY_RUN_COLUMNS])
+    rep = write_report(rd.path, tmp_path / "rep", progress=False)
+    md = rep.markdown.read_text()
+    assert "written by an older sa without the column(s) embed_dim, channels, window" in md and "not recorded" in md
+    assert rep.summaries[0].best.layer == "02" and rep.summaries[0].variant == ()

@@ -166,3 +166,56 @@ def test_summary_keeps_different_settings_apart(tmp_path):
     assert a.variant_label == "lr=0.0001"
     (one,) = summarize([r for r in rd.runs() if r["lr"] == 1e-4])  # one setting: summarised as usual, no label
     assert one.backbone == "clip-rn50" and one.variant == ()
+
+
+def test_old_runs_csv_without_setting_columns_is_read_and_upgraded(tmp_path):
+    """A runs.csv from before the setting columns: new cells read as None, the next append rewrites the header."""
+    import csv
+
+    from sa.train.results import LEGACY_RUN_COLUMNS
+
+    old = [_row(seed=0), _row(seed=1)]
+    with open(tmp_path / "runs.csv", "w", newline="") as fh:  # as the old sa wrote it
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(LEGACY_RUN_COLUMNS)
+        for r in old:
+            w.writerow(["true" if r.get(c) is True else "" if r.get(c) is None else r.get(c) for c in LEGACY_RUN_COLUMNS])
+    rd = ResultsDir(tmp_path)
+    rows = rd.runs()
+    assert [r["seed"] for r in rows] == [0, 1] and rows[0]["top1"] == 61.5
+    assert all(r["channels"] is None and r["status"] is None and r["embed_dim"] is None for r in rows)
+    assert "channels" in rd.missing_columns() and "run_id" not in rd.missing_columns()
+    rd.append_run({**_row(seed=2), "channels": "all", "status": "ok"})
+    assert (tmp_path / "runs.csv").read_text().splitlines()[0] == ",".join(RUN_COLUMNS)
+    after = rd.runs()
+    assert [r["seed"] for r in after] == [0, 1, 2] and after[0]["top1"] == 61.5 and after[0]["channels"] is None
+    assert after[2]["channels"] == "all" and rd.missing_columns() == []
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_binary_results_are_damaged_not_a_traceback(tmp_path):
+    from sa.errors import DamagedError
+
+    rd = ResultsDir(tmp_path)
+    rd.append_run(_row())
+    good = (tmp_path / "runs.csv").read_bytes()
+    (tmp_path / "runs.csv").write_bytes(good[:40] + b"\x00\xff" + good[40:])
+    with pytest.raises(DamagedError, match=r"runs\.csv holds binary data .*move it aside"):
+        rd.runs()
+    with pytest.raises(DamagedError, match=r"runs\.csv"):
+        rd.append_run(_row(seed=1))
+    (tmp_path / "curves.csv").write_bytes(b"run_id,epoch\xe9\xff\n")
+    with pytest.raises(DamagedError, match=r"curves\.csv holds bytes that are not text"):
+        rd.curves()
+
+
+def test_one_writer_per_results_folder(tmp_path):
+    rd = ResultsDir(tmp_path / "res")
+    with rd.writing("sa sweep A"):
+        assert "sa sweep A (pid" in rd.lock_path.read_text()
+        with pytest.raises(SAError, match=r"is being written by sa sweep A \(pid \d+ on .*another --out"):
+            with ResultsDir(tmp_path / "res").writing("sa sweep B"):
+                pass
+    with rd.writing("sa sweep B"):  # released when the first writer is done
+        pass
+    assert rd.lock_path.read_text() == ""

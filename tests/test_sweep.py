@@ -55,6 +55,10 @@ def test_rows_curves_and_resume(synth, tmp_path, monkeypatch):
     assert r9["depth"] == pytest.approx((9 - 1) / (18 - 1)) and r9["pool"] == "gap" and r9["fold"] == "intra"
     assert r9["cache_key"] == synth[1]["planted"]["cache_key"] and r9["backbone"] == "torchvision:mobilenet_v2"
     assert r9["n_blocks"] == 18 and r9["backbone_params"] > 1e6 and r9["epochs"] == 4
+    # every setting that changes the numbers is a column
+    assert (r9["channels"], r9["window"], r9["single_trials"], r9["val_fraction"], r9["split_seed"]) == ("all", "all", False, 0.25, 0)
+    assert (r9["gallery"], r9["embed_dim"], r9["eval_seed"], r9["select"]) == ("stimuli", 32, 0, "val")
+    assert (r9["status"], r9["precision"]) == ("ok", "fp32")
     assert next(r for r in rows.values() if r["layer"] == "final")["depth"] is None
     for rid in rows:
         assert [c["epoch"] for c in ResultsDir(out).curves(rid)] == [1, 2, 3, 4]
@@ -153,3 +157,39 @@ def test_bad_seeds_are_one_clear_error():
     for bad in ("x", "0,a", "0"):
         with pytest.raises(SAError, match="--seeds"):
             parse_seeds(bad)
+
+
+def test_degenerate_layers_are_flagged_never_chosen_and_nonfinite_ones_not_trained(synth, tmp_path):
+    """A cache whose layers are: the planted features, constant, near-constant (a few float16 levels), NaN."""
+    from sa.train.report import write_report
+
+    path, info = synth
+    src = open_root(info["planted"]["cache"]).open(info["planted"]["cache_key"])
+    ids = [str(i) for i in src.ids.tolist()]
+    n = len(ids)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "gap/01": np.asarray(src.read("gap/09"), np.float16),
+        "gap/02": np.ones((n, 8), np.float16),
+        "gap/03": (100 + 0.01 * rng.standard_normal((n, 8))).astype(np.float16),
+        "gap/04": np.where(np.arange(n)[:, None] % 7 == 0, np.nan, rng.standard_normal((n, 8))).astype(np.float16),
+        "final": rng.standard_normal((n, 16)).astype(np.float16),
+    }
+    root = open_root(tmp_path / "cache")
+    layers = [{"label": f"{i:02d}", "depth": (i - 1) / 3} for i in range(1, 5)]
+    w = root.create(src.key.split("/")[0], "flagtest-0123456789", ids, {k: a.shape[1] for k, a in arrays.items()},
+                    {"backbone": {"name": "flagtest", "n_blocks": 4}, "layers": layers}, block_rows=n)
+    w.write_block(0, arrays)
+    w.finalize()
+    res = sweep(path, "flagtest", cache=tmp_path / "cache", layers="all", pool="gap", encoders="linear",
+                subjects="sub-01", seeds=1, config=fast_config(epochs=6), val_fraction=0.25, out=tmp_path / "res",
+                progress=False)
+    rows = {r["layer"]: r for r in res.rows()}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "01": "ok", "02": "constant-features", "03": "near-constant-features", "04": "non-finite-features", "final": "ok"}
+    assert rows["04"]["top1"] is None and rows["04"]["val_top1"] is None and ResultsDir(tmp_path / "res").curves(rows["04"]["run_id"]) == []
+    assert rows["02"]["val_top1"] < 50  # no longer 100 % by merging identical gallery rows
+    (s,) = res.summary
+    assert s.best.layer == "01" and [ls.layer for ls in s.flagged] == ["02", "03", "04"]
+    md = write_report(tmp_path / "res", tmp_path / "rep", progress=False).markdown.read_text()
+    assert "gap/02 (constant), gap/03 (near-constant), gap/04 (non-finite)" in md and "never chosen" in md

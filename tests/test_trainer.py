@@ -241,3 +241,67 @@ def test_result_model_reproduces_the_stack_embeddings():
                                  r.model.encode_image(torch.as_tensor(va[1][r.spec.layer])))
         assert top1 == pytest.approx(r.val_top1)
         assert r.curves[r.best_epoch - 1]["val_top1"] == r.val_top1
+
+
+def _rule_oracle(rule: str, curves: list[dict]) -> int:
+    """Each rule's epoch computed directly with numpy from the curves (first of equal scores)."""
+    val = np.array([c["val_top1"] for c in curves])
+    loss = np.array([c["val_loss"] for c in curves])
+    if rule == "val":
+        return int(np.argmax(val)) + 1
+    if rule == "val-loss":
+        return int(np.argmin(loss)) + 1
+    if rule == "smooth":  # trailing mean over up to 3 epochs
+        trailing = [val[max(0, e - 2): e + 1].mean() for e in range(len(val))]
+        return int(np.argmax(trailing)) + 1
+    return len(curves)
+
+
+@pytest.mark.parametrize("rule", ["val", "val-loss", "smooth", "last"])
+def test_each_selection_rule_keeps_the_epoch_it_names(rule):
+    from sa.train.trainer import choose_epoch
+
+    tr, va, te = subject(400, 0), subject(80, 1, noise=2.0), subject(60, 2)
+    cfg = TrainConfig(encoder="linear", embed_dim=16, epochs=7, batch_size=64, lr=1e-2, precision="fp32", ks=(),
+                      select=rule)
+    res = train_runs(*tr, *va, *te, [RunSpec("a", 0)], cfg, progress=False)[0]
+    assert res.best_epoch == _rule_oracle(rule, res.curves) == choose_epoch(rule, res.curves)
+    assert res.val_top1 == res.curves[res.best_epoch - 1]["val_top1"]
+
+
+@pytest.mark.parametrize("field,value", [("lr", -1.0), ("lr", float("nan")), ("temperature", 0.0),
+                                         ("temperature", -1.0), ("weight_decay", -5.0), ("epochs", 0),
+                                         ("batch_size", 1), ("select", "best"), ("embed_dim", 0)])
+def test_config_that_cannot_train_is_refused_before_training(field, value):
+    cfg = TrainConfig(**{**CFG.__dict__, field: value})
+    with pytest.raises(SAError, match=f"--{field.replace('_', '-')}|{field}"):
+        cfg.check()
+    tr, va, te = subject(50, 0), subject(20, 1), subject(20, 2)
+    with pytest.raises(SAError):
+        train_runs(*tr, *va, *te, [RunSpec("a", 0)], cfg, progress=False)
+
+
+def test_diverged_run_has_no_scores():
+    tr, va, te = subject(200, 0), subject(40, 1), subject(40, 2)
+    res = train_runs(*tr, *va, *te, [RunSpec("a", 0), RunSpec("b", 0)], TrainConfig(**{**CFG.__dict__, "lr": 1e30}),
+                     progress=False)
+    for r in res:
+        assert r.diverged and np.isnan(r.top1) and np.isnan(r.val_top1) and np.isnan(r.curves[-1]["train_loss"])
+    ok = train_runs(*tr, *va, *te, [RunSpec("a", 0)], CFG, progress=False)[0]
+    assert not ok.diverged and np.isfinite(ok.top1)
+
+
+def test_validation_rows_of_one_image_share_its_gallery_entry():
+    """A LOSO fold's validation holds each image once per training subject: merged by image id, not by value."""
+    from sa.train.evaluate import top1_accuracy
+
+    tr, te = subject(300, 0), subject(40, 2)
+    va_x, va_f = subject(30, 1)
+    two = (np.concatenate([va_x, va_x + 0.05]), {k: np.concatenate([f, f]) for k, f in va_f.items()})
+    ids = [f"img{i}" for i in range(30)] * 2
+    res = train_runs(*tr, *two, *te, [RunSpec("a", 0)], CFG, progress=False, val_ids=ids)[0]
+    with torch.no_grad():
+        zb = res.model.encode_brain(torch.as_tensor(two[0]))
+        zi = res.model.encode_image(torch.as_tensor(two[1]["a"]))
+    assert res.val_top1 == pytest.approx(top1_accuracy(zb, zi, ids)) and res.val_top1 > 0
+    assert top1_accuracy(zb, zi) == 0.0  # unmerged, every row ties with its copy: what the ids prevent

@@ -70,6 +70,8 @@ def check_checkpoint_path(path: str | os.PathLike[str]) -> Path:
         raise SAError(f"--out {path} is a folder; give the checkpoint file to write, e.g. {path / 'model.safetensors'}.")
     if path.name in ("", ".", ".."):
         raise SAError(f"--out {path} names no file; give the checkpoint file to write, e.g. model.safetensors.")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise SAError(f"--out {path}: {path.parent} is a file, not a folder; choose another place for the checkpoint.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, probe = tempfile.mkstemp(prefix=".sa-probe-", dir=path.parent)
     os.close(fd)

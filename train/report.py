@@ -265,7 +265,8 @@ def plot_scaling(group: Sequence[BackboneSummary], path: Path) -> Path:
         ax.set_ylim(0, 100)
         s0 = group[0]
         ax.set_title(f"Scaling — {_context(s0.dataset, s0.fold, s0.encoder, s0.variant_label)} ({n} backbone{'s' if n != 1 else ''})")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         return _save(fig, path)
 
 
