@@ -160,6 +160,12 @@ def explain(exc: BaseException, *, where: str | None = None, needed: int | None 
         detail = f"{name}: {exc}" if str(exc) else name
         return SAError(_sentence(f"cannot reach the server{' ' + server if server else ''} ({detail}): check the "
                                  f"address and the network, and that the server is running, then rerun the same command"))
+    status = getattr(exc, "status", None)
+    if name == "ClientResponseError" and status:  # aiohttp (HTTP roots): the server answered, but not with the file
+        url = getattr(getattr(exc, "request_info", None), "real_url", "") or ""
+        return SAError(_sentence(f"the server answered HTTP {status} ({getattr(exc, 'message', '') or 'error'})"
+                                 f"{' for ' + str(url) if url else ''}: check the URL and that the server lets you read it, "
+                                 f"then rerun the same command"))
     if isinstance(exc, UnicodeDecodeError):
         return SAError(f"A file that should be text is not ({exc.reason} at byte {exc.start}): is it the right file?")
     if isinstance(exc, MemoryError):

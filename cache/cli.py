@@ -87,8 +87,11 @@ def ls_cmd(
                          no_wrap=col in ("image set", "backbone"))
     for info in infos:
         status = _STATUS_STYLE.get(info.status, info.status)
+        if info.status == "damaged":  # its manifest is gone: only the key and the size on disk are known
+            table.add_row(info.image_set_id, info.backbone_key, "?", "?", "?", _size(info.nbytes), status, "")
+            continue
         table.add_row(info.image_set_id, info.backbone_key, _layers_text(info.layers), ",".join(info.pools) or "-",
-                      f"{info.n:,}" if info.status != "damaged" else "?", _size(info.nbytes), status, info.created[:10])
+                      f"{info.n:,}", _size(info.nbytes), status, info.created[:10])
     console.print(table)
     damaged = [i for i in infos if i.status == "damaged"]
     if damaged:

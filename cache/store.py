@@ -176,6 +176,9 @@ class CacheRoot:
             except FileNotFoundError:
                 continue
             except Exception as exc:  # noqa: BLE001 - aiohttp/fsspec raise many types for "no answer"
+                if getattr(exc, "status", None):  # it answered, with an HTTP error
+                    raise SAError(f"cache root {self.url} answered HTTP {exc.status} ({getattr(exc, 'message', '')}) for "
+                                  f"{name}; check the URL and that the server lets you read it.") from None
                 raise SAError(f"cannot reach cache root {self.url} ({type(exc).__name__}: {exc}); check that the server "
                               f"is running and the URL is right.") from None
         raise SAError(f"{self.url} answers but serves no {ROOT_MARKER} or {INDEX_NAME}, so it is not a feature cache root; "
@@ -571,7 +574,7 @@ class FeatureGroup:
 
         reader = self._reader(name)
         return da.from_array(_Rows(reader), chunks=(reader.chunk_rows, reader.shape[1]), asarray=True,
-                             name=f"sa-{self.key}-{name}-{self.manifest.get('completed', '')}", lock=False)
+                             name=f"sa-{self.root.url}/{self.key}/{name}@{self.manifest.get('completed', '')}", lock=False)
 
     def lazy(self, pool: str | None = None) -> dict[str, Any]:
         """Every array (or those of one pool) as lazy dask arrays, by name."""

@@ -11,7 +11,7 @@ import threading
 import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -63,10 +63,28 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         type(self).requests.append(self.path)
 
 
+class _FailingHandler(_QuietHandler):
+    """A static file handler that answers `status` instead of the file for paths matching `fails`."""
+
+    fails: Callable[[str], bool] = staticmethod(lambda path: False)
+    status: int = 500
+
+    def send_head(self):  # noqa: ANN201 - the stdlib's signature
+        if type(self).fails(self.path):
+            self.send_error(type(self).status)
+            return None
+        return super().send_head()
+
+
 @contextlib.contextmanager
-def http_server(directory: str | os.PathLike) -> Iterator[tuple[str, list[str]]]:
-    """Serve `directory` read-only on 127.0.0.1 (a free port); yields (base URL, list of requested paths)."""
-    handler_cls = type("Handler", (_QuietHandler,), {"requests": []})
+def http_server(directory: str | os.PathLike, *, fails: Callable[[str], bool] | None = None,
+                status: int = 500) -> Iterator[tuple[str, list[str]]]:
+    """Serve `directory` read-only on 127.0.0.1 (a free port); yields (base URL, list of requested paths).
+
+    `fails(path)`: answer HTTP `status` instead of the file for those request paths (a misbehaving server).
+    """
+    handler_cls = type("Handler", (_FailingHandler,), {"requests": [], "fails": staticmethod(fails or (lambda p: False)),
+                                                       "status": status})
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler_cls, directory=os.fspath(directory)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

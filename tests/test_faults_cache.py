@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from support_share import BLOCK, ISET, WIDTHS, bkey, free_port, full_data, http_server, ids, make_group
+from support_share import BLOCK, ISET, bkey, free_port, full_data, http_server, ids, make_group
 from typer.testing import CliRunner
 
 from sa.cache import CorruptChunk, open_root
@@ -263,6 +263,15 @@ def test_unreachable_http_root_says_it_cannot_be_reached(lab, tmp_path):
         failed(cli("ls", served), 2, f"{served} answers but serves no sa-cache.json", "not a feature cache root")
 
 
+def test_http_server_errors_are_said_as_such_not_as_damage(lab, tmp_path):
+    with http_server(lab, fails=lambda path: True, status=403) as (url, _):
+        failed(cli("ls", url), 2, f"cache root {url} answered HTTP 403", "lets you read it")
+    with http_server(lab, fails=lambda path: "/final/c/" in path) as (url, _):
+        failed(cli("verify", "--root", url), 2, "The server answered HTTP 500", "/final/c/0/0")
+        failed(cli("pull", KEY, url, "--root", str(tmp_path / "mine")), 2, "The server answered HTTP 500")
+    assert open_root(tmp_path / "mine").status(KEY) == "partial"
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A moto S3 server on 127.0.0.1 (free port) for this module."""
@@ -418,6 +427,22 @@ def test_reindex_and_writes_on_a_read_only_mount_are_one_sentence(lab):
     assert out.count("RC 2") == 2 and "VERIFY OK" in out, out
     errors = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and all("Read-only file system" in line for line in errors), out
+    assert (lab / INDEX_NAME).read_bytes() == before and open_root(lab).status(KEY) == "complete"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def test_reindex_and_remove_on_a_root_without_write_permission_are_one_sentence(lab):
+    before = (lab / INDEX_NAME).read_bytes()
+    folders = [lab, *[p for p in lab.rglob("*") if p.is_dir()]]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        failed(cli("reindex", str(lab)), 2, "ermission denied", "fix its permissions")
+        failed(cli("rm", KEY, "--yes", "--root", str(lab)), 2)
+        assert cli("verify", "--root", str(lab)).exit_code == 0
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)
     assert (lab / INDEX_NAME).read_bytes() == before and open_root(lab).status(KEY) == "complete"
 
 
