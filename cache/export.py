@@ -218,9 +218,11 @@ def import_group(path: str | os.PathLike, root: CacheRoot | str | None = None, *
         ids = [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in h5[IDS_ARRAY][:]]
         carried = {k: v for k, v in manifest.items() if k not in ("status", "arrays", "completed", "ids_digest")}
         total = sum(len(ids) * w * np.dtype(manifest["arrays"][n].get("dtype") or "float16").itemsize for n, w in widths.items())
+        wide = {n: str(m.get("wide_because") or "stored float32 in the export") for n, m in manifest["arrays"].items()
+                if n != IDS_ARRAY and (m.get("dtype") or "float16") != "float16"}
         with writing(cache.loc.display(key), total):  # creating the group writes the ids and the array metadata
             writer = cache.create(manifest["image_set_id"], manifest["backbone_key"], ids, widths, carried,
-                                  block_rows=int(manifest["block_rows"]))
+                                  block_rows=int(manifest["block_rows"]), **({"wide": wide} if wide else {}))
         with writer, writer.writing(), make_progress("block", disable=not progress, transient=True) as bar:
             pending = writer.pending_blocks()
             task = bar.add_task(f"import {key}", total=len(pending))

@@ -171,6 +171,7 @@ class GroupCopy:
     # -- checks ---------------------------------------------------------------------------
     def _source_meta(self) -> tuple[bytes, dict]:
         """The source group's zarr.json bytes and manifest; SAError unless it is complete."""
+        self.src._read_manifest(self.key)  # DamagedError (exit 1) when the source's zarr.json is lost or torn
         raw = self.src.loc.fs.cat_file(f"{self.src_dir}/zarr.json")
         manifest = (json.loads(raw).get("attributes") or {}).get("sa") or {}
         if manifest.get("status") != "complete":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import h5py
 import numpy as np
 import pytest
 from support_cache import BKEY, ISET, full_data, write_group
 
-from sa.cache import CorruptChunk, export_group, import_group, open_root
+from sa.cache import CacheRoot, CorruptChunk, export_group, import_group, open_root
+from sa.cache.share import pull
 from sa.errors import SAError
 
 KEY = f"{ISET}/{BKEY}"
@@ -82,3 +85,31 @@ def test_malformed_manifests_are_one_clear_error(tmp_path):
     (tmp_path / "cache" / ISET / BKEY / "zarr.json").write_text("[1, 2]")
     with pytest.raises(SAError, match=r"zarr\.json is not a valid zarr\.json.*sa cache rm"):
         root.open(f"{ISET}/{BKEY}")
+
+
+@pytest.mark.skipif("wide" not in inspect.signature(CacheRoot.create).parameters,
+                    reason="float32 (widened) arrays need CacheRoot.create(wide=...)")
+def test_float32_arrays_keep_their_dtype_and_values_through_export_import_and_pull(tmp_path):
+    src = open_root(tmp_path / "a")
+    widths = {"mean/00": 24, "final": 8}
+    writer = src.create(ISET, "wide-0123456789", [f"i{k}" for k in range(150)], widths, {}, block_rows=64,
+                        wide={"mean/00": "values beyond float16 (test)"})
+    rng = np.random.default_rng(3)
+    for b in writer.pending_blocks():
+        rows = writer.block_rows_slice(b)
+        n = rows.stop - rows.start
+        writer.write_block(b, {"mean/00": rng.standard_normal((n, 24)) * 1e5, "final": rng.standard_normal((n, 8))})
+    group = writer.finalize()
+    key = group.key
+    wide = group.read("mean/00")
+    assert wide.dtype == np.float32 and np.abs(wide).max() > 65504 and np.isfinite(wide).all()
+    assert group.read("final").dtype == np.float16 and src.problems(key, progress=False) == {}
+    out = export_group(src, key, tmp_path / "w.h5", progress=False)
+    with h5py.File(out, "r") as h5:
+        assert h5["mean/00"].dtype == np.float32 and h5["final"].dtype == np.float16
+        np.testing.assert_array_equal(h5["mean/00"][:], wide)
+    for copy in (import_group(out, tmp_path / "b", progress=False),
+                 (pull(key, src, root=tmp_path / "c", progress=False), open_root(tmp_path / "c").open(key))[1]):
+        assert copy.manifest["arrays"] == group.manifest["arrays"]
+        np.testing.assert_array_equal(copy.read("mean/00"), wide)
+        assert copy.root.problems(key, progress=False) == {}

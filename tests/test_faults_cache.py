@@ -170,6 +170,10 @@ def test_group_whose_zarr_json_was_deleted_is_damaged_everywhere_and_removable(l
     assert f"1 damaged group(s) under {lab}: {KEY} (its zarr.json is missing)" in res.output.replace("\n", "")
     with pytest.raises(DamagedError, match="zarr.json"):
         open_root(lab).open(KEY)
+    with http_server(lab) as (url, _):  # served, the index still lists it: pull and verify say it is damaged
+        failed(cli("pull", KEY, url, "--root", str(lab.parent / "mine")), 1, "is damaged", "zarr.json) is missing")
+        failed(cli("verify", "--root", url), 1, "metadata (its zarr.json is missing)")
+    assert not (lab.parent / "mine" / ISET).exists()
     failed(cli("reindex", str(lab)), 1, "1 damaged group(s) left out of the index", KEY, "sa cache rm KEY")
     assert read_index(open_root(lab)) == {}  # never indexed as complete again
     res = cli("rm", KEY, "--yes", "--root", str(lab))
@@ -194,6 +198,7 @@ def test_group_with_torn_zarr_json_is_listed_damaged_and_removable(lab):
     assert res.exit_code == 0 and "damaged" in res.output and "complete" in res.output, res.output
     failed(cli("verify", "--root", str(lab)), 1, f"{KEY}: metadata (its zarr.json is not valid JSON)")
     failed(cli("info", KEY, "--root", str(lab)), 1, "is not a valid zarr.json")
+    failed(cli("push", KEY, str(lab.parent / "shared"), "--root", str(lab)), 1, "is not a valid zarr.json")
     res = cli("rm", KEY, "--yes", "--root", str(lab))
     assert res.exit_code == 0 and not (lab / ISET / bkey(0)).exists(), res.output
     res = cli("verify", "--root", str(lab))
