@@ -50,6 +50,7 @@ class OnlineOptions:
     stall_s: float = 2.0  # no EEG sample for this long: say so and check that the stream still exists
     lost_s: float = 10.0  # a vanished stream that is not back after this long ends the session
     buffer_s: float = 30.0  # seconds of EEG kept for late markers
+    jitter_s: float = 0.005  # timestamp wobble tolerated before samples count as dropped
 
     def check(self) -> None:
         """SAError naming the first option out of range."""
@@ -73,6 +74,8 @@ class OnlineOptions:
         for name in ("max_pending",):
             if getattr(self, name) < 1:
                 raise SAError(f"--{name.replace('_', '-')} must be at least 1.")
+        if not 0 <= self.jitter_s < 1:
+            raise SAError(f"--jitter {self.jitter_s} must be in 0..1 s.")
         for name in ("stall_s", "lost_s", "buffer_s"):
             if not getattr(self, name) > 0:
                 raise SAError(f"{name} must be a positive number of seconds.")
@@ -101,6 +104,16 @@ class OnlineDecoder:
         from sa.train.things import concepts_of_ids
 
         self.concepts = concepts_of_ids(self.ids.tolist())
+        self.first = first_layer(self.ckpt)
+
+    def finish(self, h: np.ndarray) -> np.ndarray:
+        """(N,) gallery scores from the first layer's output h (E,) of a trial: the rest of the encoder, then cosine."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            z = F.normalize(self.first.rest(torch.from_numpy(h.astype(np.float32)[None])), dim=-1).numpy()
+        return (z @ self.zi.T)[0]
 
     def prepare(self, epoch: np.ndarray) -> np.ndarray:
         """(C, T) raw epoch on the checkpoint's channels and times -> (1, C, T) float32 z-scored, as in training."""
@@ -131,11 +144,66 @@ class OnlineDecoder:
         return self.ids[order], scores[order]
 
 
+@dataclass
+class FirstLayer:
+    """An encoder that starts with a Linear on the flattened (C, T) trial (EEGProject, linear), split so the first
+    layer can run column by column while an epoch arrives: h = sum_t wt[t] . raw[:, t] + bias - rowsum @ baseline.
+
+    The z-score statistics are folded in (wt = W / std), so raw samples go in; only the last chunk's columns and
+    the rest of the encoder are left when the epoch's last sample arrives.
+    """
+
+    wt: np.ndarray  # (T, C, E) float32
+    rowsum: np.ndarray  # (E, C) float64: wt summed over time
+    bias: np.ndarray  # (E,) float64: the Linear's bias minus rowsum @ z-score mean
+    rest: Any  # torch module: the encoder after its first Linear
+
+    def columns(self, raw: np.ndarray, start: int) -> np.ndarray:
+        """Contribution (E,) of raw samples (k, C) at checkpoint time columns start..start+k-1."""
+        k = len(raw)
+        w = self.wt[start:start + k].reshape(k * raw.shape[1], -1)
+        return (raw.astype(np.float32).reshape(-1) @ w).astype(np.float64)
+
+
+def first_layer(ckpt: Any) -> FirstLayer | None:
+    """The split first layer of the checkpoint's brain encoder, or None when it does not start with a Linear."""
+    from torch import nn
+
+    from sa.train.encoders import EEGProject, LinearEncoder
+
+    brain = ckpt.model.brain
+    if isinstance(brain, EEGProject):
+        lin, rest = brain.head[0], brain.head[1:]
+    elif isinstance(brain, LinearEncoder):
+        lin, rest = brain.proj, nn.Identity()
+    else:
+        return None
+    c, t = ckpt.n_channels, ckpt.n_times
+    w = lin.weight.detach().double().numpy().reshape(-1, c, t)
+    mean = np.zeros(c) if ckpt.zscore_mean is None else np.asarray(ckpt.zscore_mean, dtype=np.float64)
+    std = np.ones(c) if ckpt.zscore_std is None else np.asarray(ckpt.zscore_std, dtype=np.float64)
+    w = w / std[None, :, None]
+    rowsum = w.sum(axis=2)
+    bias = lin.bias.detach().double().numpy() - rowsum @ mean
+    return FirstLayer(np.ascontiguousarray(w.transpose(2, 1, 0), dtype=np.float32), rowsum, bias, rest.eval())
+
+
 # ---------------------------------------------------------------- epoching a live stream
 
 
 class Skip(Exception):
     """This marker cannot be decided; the message says why."""
+
+
+@dataclass
+class Cut:
+    """An epoch on the checkpoint's channels and times, where it came from and when its last sample arrived."""
+
+    epoch: np.ndarray  # (C, T) float64, baseline removed
+    arrival: float  # local time the last sample was pulled
+    last_ts: float  # LSL timestamp of the last sample
+    onset: int  # absolute index of the onset sample
+    baseline: np.ndarray | None  # (C,) the per-channel mean that was removed
 
 
 class Epocher:
@@ -147,9 +215,11 @@ class Epocher:
     """
 
     def __init__(self, ckpt: Any, stream_sfreq: float, picks: Sequence[int], *, baseline=None, scale: float = 1.0,
-                 buffer_s: float = 30.0, trigger: int | None = None) -> None:
+                 buffer_s: float = 30.0, trigger: int | None = None, jitter_s: float = 0.005) -> None:
         self.fs_out = float(ckpt.sfreq)
         self.fs_in = float(stream_sfreq)
+        # timestamps may wobble by this much (chunks stamped on arrival) before samples count as missing
+        self.tol = max(0.5 / self.fs_in, jitter_s)
         self.picks = np.asarray(picks, dtype=int)
         self.scale = float(scale)
         self.trigger = trigger
@@ -160,6 +230,7 @@ class Epocher:
         self.grid = np.arange(start, stop + 1)
         self.grid_times = self.grid / self.fs_out
         self.keep = np.abs(self.grid_times[None, :] - times[:, None]).argmin(axis=1)
+        self.col_offsets = self.grid[self.keep]  # sample offsets of the checkpoint's time columns (same-rate streams)
         if np.abs(self.grid_times[self.keep] - times).max() > 0.5 / self.fs_out + 1e-9:
             raise SAError(f"the checkpoint's time points ({times[0]:.3f}..{times[-1]:.3f} s) are not on its "
                           f"{self.fs_out:g} Hz grid; it cannot be used online.")
@@ -213,7 +284,7 @@ class Epocher:
             steps = np.diff(np.concatenate([[self.ts[self.n - 1]], ts]))
         else:
             steps = np.diff(ts)
-        gaps = steps[steps > 1.5 / self.fs_in]
+        gaps = steps[steps > 1 / self.fs_in + self.tol]
         self.dropped += int(np.round(gaps * self.fs_in).sum() - len(gaps)) if len(gaps) else 0
         onsets: list[tuple[str, float]] = []
         if self.trigger is not None:
@@ -241,20 +312,20 @@ class Epocher:
         """The stream time by which the epoch of a marker at `t` is complete."""
         return t + self.last_offset / self.fs_in - 0.5 / self.fs_in
 
-    def cut(self, t: float) -> tuple[np.ndarray, float, float] | None:
-        """(C, T) epoch at the checkpoint's channels and times for a marker at stream time `t`, with the arrival
-        time and timestamp of its last sample; None while its samples have not all arrived; Skip when they never will."""
+    def cut(self, t: float) -> Cut | None:
+        """The epoch of a marker at stream time `t` on the checkpoint's channels and times; None while its samples
+        have not all arrived; Skip when they never will."""
         if not self.n:
             return None
         ts = self.ts[:self.n]
         half = 0.5 / self.fs_in
-        if t - half > ts[-1] and self.n:
+        if t - half > ts[-1]:
             return None
         j = int(np.searchsorted(ts, t))
         if j == self.n or (j > 0 and t - ts[j - 1] <= ts[j] - t):
             j -= 1
         j = max(j, 0)
-        if abs(ts[j] - t) > half + 1e-6:
+        if abs(ts[j] - t) > self.tol + 1e-6:
             if t < ts[0]:
                 raise Skip(f"its epoch starts before the oldest EEG sample held ({ts[0] - t:.2f} s too early)")
             raise Skip("the EEG has no sample at the marker time (samples were dropped there)")
@@ -264,7 +335,7 @@ class Epocher:
         if last >= self.n:
             return None
         span, want = ts[last] - ts[first], (last - first) / self.fs_in
-        if abs(span - want) > half:
+        if abs(span - want) > self.tol:
             raise Skip(f"its {last - first + 1} samples span {span:.3f} s where {want:.3f} s were expected "
                        f"(about {abs(round((span - want) * self.fs_in))} samples dropped, or a stream whose true "
                        f"rate is not the declared {self.fs_in:g} Hz)")
@@ -276,16 +347,44 @@ class Epocher:
             epoch = out[:, self.q * self.up + self.grid]
         else:
             epoch = self.data[first:last + 1].T.copy()
+        if not np.isfinite(epoch).all():
+            raise Skip("its epoch holds NaN or Inf samples")
+        mu = None
         if self.base is not None:
-            epoch -= epoch[:, self.base].mean(axis=1, keepdims=True)
-        return epoch[:, self.keep], float(self.arrival[last]), float(ts[last])
+            mu = epoch[:, self.base].mean(axis=1)
+            epoch -= mu[:, None]
+        return Cut(epoch[:, self.keep], float(self.arrival[last]), float(ts[last]), self.received - self.n + j, mu)
+
+    def onset_index(self, t: float) -> int | None:
+        """Absolute index of the sample nearest `t` once samples on both sides have arrived (None before, or when
+        there is no sample within tolerance: `cut` then says why)."""
+        if not self.n or self.ts[self.n - 1] < t + 0.5 / self.fs_in:
+            return None
+        ts = self.ts[:self.n]
+        j = int(np.searchsorted(ts, t))
+        if j == self.n or (j > 0 and t - ts[j - 1] <= ts[j] - t):
+            j -= 1
+        if j < 0 or abs(ts[max(j, 0)] - t) > self.tol + 1e-6:
+            return None
+        return self.received - self.n + j
+
+    def columns(self, onset: int, start: int, stop: int) -> np.ndarray | None:
+        """Raw samples (k, C) of checkpoint time columns start..stop-1 of the epoch at `onset` (None if not held)."""
+        pos = onset + self.col_offsets[start:stop] - (self.received - self.n)
+        if len(pos) == 0 or pos[0] < 0 or pos[-1] >= self.n:
+            return None
+        return self.data[pos]
+
+    def columns_held(self, onset: int) -> int:
+        """How many of the epoch's checkpoint time columns have arrived."""
+        return int(np.searchsorted(onset + self.col_offsets, self.received, side="left"))
 
     def effective_rate(self) -> float | None:
         """Samples per second measured from the timestamps held, gaps of dropped samples left out (None under 2 s)."""
         if self.n < 2 or self.ts[self.n - 1] - self.ts[0] < 2.0:
             return None
         steps = np.diff(self.ts[:self.n])
-        steps = steps[steps <= 1.5 / self.fs_in]
+        steps = steps[steps <= 1 / self.fs_in + self.tol]
         return len(steps) / steps.sum() if steps.sum() > 0 else None
 
     def amplitude(self) -> np.ndarray | None:
@@ -442,6 +541,7 @@ class Decision:
     command: str | None
     published: float  # LSL time just after the decision left on the outlet
     latency_ms: float  # from the arrival of the epoch's last sample to `published`
+    cpu_ms: float  # CPU time this thread spent in that interval (latency_ms minus time waiting for a core)
     last_sample_time: float  # LSL timestamp of the epoch's last sample (its acquisition time)
 
 
@@ -467,6 +567,9 @@ class Status:
 class _Pending:
     label: str
     time: float
+    onset: int | None = None  # absolute index of its onset sample, once known
+    acc: np.ndarray | None = None  # first-layer sum over the columns that have arrived (progressive path)
+    done: int = 0  # how many checkpoint time columns are in acc
 
 
 class StreamLost(SAError):
@@ -549,7 +652,9 @@ class StreamSession:
                 trigger = lookup[self.trigger_name.lower()]
         o = self.options
         self.epocher = Epocher(self.ckpt, inlet.sfreq, picks, baseline=o.baseline, scale=o.scale, buffer_s=o.buffer_s,
-                               trigger=trigger)
+                               trigger=trigger, jitter_s=o.jitter_s)
+        # the first layer runs while an epoch arrives when the encoder allows it and no resampling mixes samples
+        self.progressive = self.decoder.first is not None and not self.epocher.resample
         if self.epocher.resample:
             self._say(f"EEG stream {info.name!r} runs at {inlet.sfreq:g} Hz and the checkpoint at {self.ckpt.sfreq:g} Hz: "
                       "each epoch is resampled.", "warning")
@@ -601,6 +706,7 @@ class StreamSession:
         self._last_probe = 0.0
         self._last_status = 0.0
         self._checked_units = False
+        self._arrival_cpu = time.thread_time()
         try:
             while True:
                 self._step()
@@ -614,12 +720,15 @@ class StreamSession:
         except StreamLost as exc:
             self._finish("lost", str(exc))
             raise
+        except BaseException as exc:
+            self._finish("error", f"{type(exc).__name__}: {exc}")
+            raise
         self._finish(reason)
         return self.decisions
 
     def _finish(self, reason: str, message: str | None = None) -> None:
         self.status.state = "ended" if reason != "lost" else "stream lost"
-        if self.pending:
+        if self.pending and reason != "done":
             self._say(f"{len(self.pending)} marker(s) were still waiting for EEG data when the session ended; "
                       "they are not decided.", "warning")
         if self.log is not None:
@@ -656,6 +765,7 @@ class StreamSession:
         now = time.monotonic()
         if len(ts):
             arrival = self.clock()
+            self._arrival_cpu = time.thread_time()
             if self._stalled:
                 gap = ts[0] - (self.epocher.latest or ts[0])
                 self._say(f"EEG stream {self.eeg_info.name!r} resumed after {now - self._last_data:.1f} s "
@@ -684,6 +794,8 @@ class StreamSession:
                     if label is not None:
                         self._queue(label, float(t))
         self._burst()
+        if self.progressive and len(ts):
+            self._advance()
         self._decide_ready()
         if self.on_status is not None and now - self._last_status > 0.25:
             self._last_status = now
@@ -723,6 +835,26 @@ class StreamSession:
         self._say(f"burst of {new} markers: more than --max-pending {self.options.max_pending} waited for EEG data, "
                   f"so the {extra} oldest were skipped.", "burst")
 
+    def _advance(self) -> None:
+        """Add the newly arrived columns of every waiting epoch to its first-layer sum."""
+        e, first = self.epocher, self.decoder.first
+        for p in self.pending:
+            if p.onset is None:
+                p.onset = e.onset_index(p.time)
+                if p.onset is None:
+                    continue
+                p.acc = np.zeros(len(first.bias))
+            if p.acc is None:
+                continue
+            held = e.columns_held(p.onset)
+            if held > p.done:
+                rows = e.columns(p.onset, p.done, held)
+                if rows is None:
+                    p.acc = None  # its start left the buffer: decided from the full cut, if still possible
+                    continue
+                p.acc += first.columns(rows, p.done)
+                p.done = held
+
     def _decide_ready(self) -> None:
         latest = self.epocher.latest
         if latest is None or not self.pending:
@@ -741,20 +873,34 @@ class StreamSession:
             if cut is None:
                 still.append(p)
                 continue
-            self._decide(p, *cut)
+            self._decide(p, cut)
         self.pending = still
 
-    def _decide(self, p: _Pending, epoch: np.ndarray, arrival: float, last_ts: float) -> None:
+    def _first_output(self, p: _Pending, cut: Cut) -> np.ndarray:
+        """The first layer's output (E,) for this epoch: from the running sum, or all at once from the cut."""
+        first = self.decoder.first
+        if p.acc is not None and p.onset == cut.onset and p.done == len(first.wt):
+            h = p.acc + first.bias
+            return h - first.rowsum @ cut.baseline if cut.baseline is not None else h
+        return first.columns(cut.epoch.T, 0) + first.bias
+
+    def _decide(self, p: _Pending, cut: Cut) -> None:
         o = self.options
         dec = self.decoder
         self.status.epochs += 1
-        x = dec.prepare(epoch)
-        if o.accumulate == "trials":
-            mean, n = self.evidence.add(p.label, x)
+        arrival, last_ts = cut.arrival, cut.last_ts
+        if self.progressive:
+            h = self._first_output(p, cut)
+            if o.accumulate == "trials":
+                mean, n = self.evidence.add(p.label, h)
+                scores = dec.finish(mean)
+            else:
+                scores, n = self.evidence.add(p.label, dec.finish(h))
+        elif o.accumulate == "trials":
+            mean, n = self.evidence.add(p.label, dec.prepare(cut.epoch))
             scores = dec.scores(mean)[0]
         else:
-            mean, n = self.evidence.add(p.label, dec.scores(x)[0])
-            scores = mean
+            scores, n = self.evidence.add(p.label, dec.scores(dec.prepare(cut.epoch))[0])
         ids, top = dec.top(scores, max(o.top_k, 2))
         early = n < o.repeat and o.threshold is not None and len(top) > 1 and top[0] - top[1] >= o.threshold
         if n < o.repeat and not early:
@@ -774,9 +920,11 @@ class StreamSession:
             self.cmd_out.push(command)
         d = Decision(index=index, marker=p.label, marker_time=p.time, n_epochs=n, early=bool(early),
                      ids=record["ids"], scores=record["scores"], command=command, published=published,
-                     latency_ms=(published - arrival) * 1000, last_sample_time=last_ts)
+                     latency_ms=(published - arrival) * 1000, cpu_ms=(time.thread_time() - self._arrival_cpu) * 1000,
+                     last_sample_time=last_ts)
         self.decisions.append(d)
-        self.log.write({**record, "published": published, "latency_ms": round(d.latency_ms, 3)})
+        self.log.write({**record, "published": published, "latency_ms": round(d.latency_ms, 3),
+                        "cpu_ms": round(d.cpu_ms, 3)})
         self.status.decisions = index
         self.status.last = d
         self.status.latencies.append(d.latency_ms)

@@ -67,6 +67,7 @@ def stream_cmd(
     baseline: Optional[str] = typer.Option(None, "--baseline", help="Subtract the mean of this window, e.g. -0.2,0 (s), if the training epochs were baseline-corrected."),
     marker_delay: float = typer.Option(0.0, "--marker-delay", help="Seconds to add to every marker time (measured screen latency)."),
     scale: float = typer.Option(1.0, "--scale", help="Multiply incoming samples (1e-6: microvolt stream, volt-trained checkpoint)."),
+    jitter: float = typer.Option(0.005, "--jitter", help="Timestamp wobble (s) tolerated before samples count as dropped (chunks stamped on arrival)."),
     max_pending: int = typer.Option(64, "--max-pending", help="Markers that may wait for data; a burst beyond drops the oldest."),
     stall: float = typer.Option(2.0, "--stall", help="Seconds without EEG before the stream counts as stalled."),
     lost: float = typer.Option(10.0, "--lost", help="Seconds a vanished stream may take to come back before the session ends."),
@@ -91,7 +92,7 @@ def stream_cmd(
         raise SAError("give the CHECKPOINT and --gallery KEY (or --list to see the streams).")
     opts = OnlineOptions(top_k=top_k, repeat=repeat, threshold=threshold, accumulate=accumulate,
                          baseline=_baseline(baseline), marker_delay=marker_delay, scale=scale, only=only,
-                         max_pending=max_pending, stall_s=stall, lost_s=lost)
+                         max_pending=max_pending, stall_s=stall, lost_s=lost, jitter_s=jitter)
     opts.check()
     if trigger and markers:
         raise SAError("give either --markers or --trigger, not both.")

@@ -209,3 +209,33 @@ def test_scores_accumulation_averages_the_evidence(model, tmp_path):
         best = sorted(mean, key=lambda i: -mean[i])[:24]
         assert d.ids[:5] == best[:5]
         np.testing.assert_allclose(d.scores, [mean[i] for i in d.ids], atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["eegproject", "linear"])
+def test_first_layer_run_by_columns_equals_the_whole_encoder(encoder, tmp_path):
+    """The progressive path (first Linear summed chunk by chunk on raw samples, z-score folded into the weights,
+    baseline removed at the end) gives the scores of `prepare` + the whole encoder on the finished epoch."""
+    from dataclasses import asdict
+
+    from sa.decode.online import OnlineDecoder
+    from sa.train.checkpoint import Checkpoint
+    from sa.train.trainer import RunSpec, TrainConfig, plain_model
+
+    group = ss.make_gallery(tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    cfg = TrainConfig(encoder=encoder, embed_dim=32)
+    model = plain_model(RunSpec("09", 0, encoder), cfg, (8, 31), 16)
+    model.eval()
+    ckpt = Checkpoint(model=model, config={**asdict(cfg), "ks": list(cfg.ks)}, encoder=encoder, n_channels=8, n_times=31,
+                      feat_dim=16, ch_names=list(ss.CH_NAMES), times=list(ss.TIMES), sfreq=ss.SFREQ, window=None,
+                      average_reps=True, zscore_mean=rng.normal(0, 1e-6, 8).astype(np.float32),
+                      zscore_std=rng.uniform(1e-6, 3e-6, 8).astype(np.float32), cache_key=group.key,
+                      cache_root=str(tmp_path / "cache"), pool="gap", layer="09", seed=0)
+    dec = OnlineDecoder(ckpt, group)
+    raw = 2e-6 * rng.standard_normal((8, 31)) + 5e-6
+    mu = raw[:, :6].mean(axis=1)
+    h = sum(dec.first.columns(raw[:, a:b].T, a) for a, b in [(0, 7), (7, 20), (20, 31)])
+    h = h + dec.first.bias - dec.first.rowsum @ mu
+    want = dec.scores(dec.prepare(raw - mu[:, None]))[0]
+    np.testing.assert_allclose(dec.finish(h), want, atol=1e-5)
+    assert np.ptp(want) > 0.1  # not a degenerate comparison

@@ -83,6 +83,39 @@ def test_stall_gap_marker_without_data_and_vanishing_stream(model, tmp_path):
     assert {"stall", "resumed", "skipped", "lost"} <= {e["event"] for e in sess["events"]}
 
 
+def test_vanished_stream_that_comes_back_is_reconnected(model, tmp_path):
+    ckpt, group, _, _ = model
+    from mne_lsl.lsl import local_clock
+
+    eeg = ss.EEGOutlet("rc-eeg", ss.CH_NAMES, marker_name="rc-mk")
+    said = ss.Collector()
+    session = StreamSession(ckpt, group, eeg=StreamSpec(name="rc-eeg"), markers=StreamSpec(name="rc-mk"),
+                            options=OnlineOptions(stall_s=0.3, lost_s=8), log=tmp_path / "rc.jsonl", notify=said,
+                            outlet_name="rc-decisions")
+    thread, box = ss.run_in_thread(session, max_decisions=2, duration=25)
+    ss.wait_running(session)
+    t0 = local_clock()
+    eeg.mark("before", t0 + 0.2)
+    _paced(eeg, t0, 0.6)
+    eeg.outlet._del()  # the amplifier app restarts...
+    end = time.monotonic() + 10
+    while not said.having("vanished") and time.monotonic() < end:
+        time.sleep(0.05)
+    again = ss.EEGOutlet("rc-eeg", ss.CH_NAMES)  # ...with the same name and source id
+    end = time.monotonic() + 10
+    while not said.having("is back") and time.monotonic() < end:
+        time.sleep(0.05)
+    t1 = local_clock()
+    eeg.mark("after", t1 + 0.2)
+    _paced(again, t1, 0.8)
+    thread.join(10)
+    again.close()
+    eeg.close()
+    assert "error" not in box, (box.get("error"), said.lines)
+    assert [d.marker for d in box["decisions"]] == ["before", "after"]
+    assert said.having("EEG stream 'rc-eeg' is back; decoding continues.")
+
+
 def test_burst_of_markers_old_and_future_markers(model, tmp_path):
     ckpt, group, _, _ = model
     from mne_lsl.lsl import local_clock
@@ -141,6 +174,8 @@ def test_cli_refuses_bad_streams_and_options_in_one_line(model, tmp_path):
     wrong = ss.EEGOutlet("cm-eeg", ss.CH_NAMES[:-1] + ["Cz"], marker_name="cm-mk")
     irregular = StreamOutlet(StreamInfo("irr-eeg", "EEG", 8, 0.0, "float32", "irr"))
     try:
+        listing = CliRunner().invoke(_app(), ["stream", "--list"])
+        assert listing.exit_code == 0 and "'cm-eeg' (EEG, 8 ch, 100 Hz" in listing.output, listing.output
         _bad(base + ["--eeg", "cm-eeg", "--markers", "cm-mk"], "EEG stream 'cm-eeg': channel(s) PO8 of the checkpoint "
              "are missing", log)
         _bad(base + ["--eeg", "irr-eeg", "--markers", "cm-mk"], "has an irregular sampling rate", log)
