@@ -478,7 +478,10 @@ class SessionLog:
     def __init__(self, path: str | os.PathLike[str], header: dict) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.is_file() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)
         self.fh = open(self.path, "a", encoding="utf-8")
+        if torn:  # a session killed mid-line: end that line so this session's records stay readable
+            self.fh.write("\n")
         self.write({"event": "start", **header})
 
     def write(self, record: dict) -> None:
@@ -491,6 +494,25 @@ class SessionLog:
             return
         self.write({"event": "end", "reason": reason, "time": time.time(), **summary})
         self.fh.close()
+
+
+def _check_writable(path: Path) -> None:
+    """SAError when the session log cannot be written there (checked before any stream is opened)."""
+    if path.is_dir():
+        raise SAError(f"--log {path} is a folder; give a file name such as {path / 'session.jsonl'}.")
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SAError(f"--log {path}: {probe} is a file, not a folder; choose another place for the session log.")
+    if not os.access(probe, os.W_OK):
+        raise SAError(f"--log {path}: {probe} is not writable; choose a folder you can write.")
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
 
 
 def _plain(value: Any) -> Any:
@@ -596,6 +618,7 @@ class StreamSession:
         self.ckpt = self.decoder.ckpt
         self.commands = CommandMap.load(commands) if commands is not None else None
         self.log_path = Path(log)
+        _check_writable(self.log_path)
         self.outlet_name, self.command_outlet_name = outlet_name, command_outlet_name
         self.resolve_timeout = resolve_timeout
         self.notify = notify or (lambda text: print(text, flush=True))
@@ -686,10 +709,14 @@ class StreamSession:
         from sa.decode.lsl import Outlet, mne_lsl
 
         lsl = mne_lsl()
-        self._connect()
-        self.out = Outlet(self.outlet_name, "Markers", "decision")
-        self.cmd_out = Outlet(self.command_outlet_name, "Markers", "command") if self.commands else None
-        self.log = SessionLog(self.log_path, self._header())
+        try:
+            self._connect()
+            self.out = Outlet(self.outlet_name, "Markers", "decision")
+            self.cmd_out = Outlet(self.command_outlet_name, "Markers", "command") if self.commands else None
+            self.log = SessionLog(self.log_path, self._header())
+        except BaseException:
+            self._close_streams()
+            raise
         if self.commands is not None:
             missing = self.commands.unmatched(self.decoder.ids, self.decoder.concepts)
             if missing:
@@ -732,15 +759,22 @@ class StreamSession:
             self._say(f"{len(self.pending)} marker(s) were still waiting for EEG data when the session ended; "
                       "they are not decided.", "warning")
         if self.log is not None:
-            self.log.close(reason, decisions=len(self.decisions), epochs=self.status.epochs,
-                           skipped=self.status.skipped, dropped_samples=self.status.dropped,
-                           **({"message": message} if message else {}))
+            try:
+                self.log.close(reason, decisions=len(self.decisions), epochs=self.status.epochs,
+                               skipped=self.status.skipped, dropped_samples=self.status.dropped,
+                               **({"message": message} if message else {}))
+            except OSError:  # the disk that failed a decision's record fails this one too: say the first fault
+                pass
+        self._close_streams()
+        if self.on_status is not None:
+            self.on_status(self.status)
+
+    def _close_streams(self) -> None:
         for thing in ("eeg", "markers", "out", "cmd_out"):
             obj = getattr(self, thing, None)
             if obj is not None:
                 obj.close()
-        if self.on_status is not None:
-            self.on_status(self.status)
+                setattr(self, thing, None)
 
     def _header(self) -> dict:
         from sa import __version__

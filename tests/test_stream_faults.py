@@ -188,6 +188,9 @@ def test_cli_refuses_bad_streams_and_options_in_one_line(model, tmp_path):
     _bad(base + ["--baseline", "a,b"], "--baseline 'a,b' must be two times in seconds", log)
     _bad(base + ["--baseline", "0,-0.1"], "is empty; give tmin < tmax", log)
     _bad(base + ["--repeat", "0"], "--repeat 0 must be at least 1", log)
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(_app(), ["stream", *base, "--log", str(tmp_path / "afile" / "s.jsonl"), "--no-display"])
+    assert res.exit_code == 2 and "is a file, not a folder; choose another place" in res.output, res.output
     _bad(base + ["--only", "(("], "--only '((' is not a regular expression", log)
     _bad(base + ["--markers", "m", "--trigger", "STI"], "give either --markers or --trigger, not both", log)
     _bad([str(tmp_path / "none.safetensors"), "--gallery", group.key], "does not exist; train one", log)
@@ -290,5 +293,12 @@ def test_session_log_of_a_killed_session_keeps_every_decision(tmp_path):
         log.write({"decision": i, "marker": f"m{i}", "ids": ["a"], "scores": [0.5]})
     log.fh.write('{"decision": 4, "marker": "m4", "ids": ["')  # the process died mid-line
     log.fh.flush()
+    log.fh.close()
     (sess,) = read_session_log(tmp_path / "k.jsonl")
     assert [r["decision"] for r in sess["decisions"]] == [1, 2, 3] and sess["end"] is None
+    again = SessionLog(tmp_path / "k.jsonl", {"time": 1})  # the next session appends after the torn line
+    again.write({"decision": 1, "marker": "n1", "ids": ["b"], "scores": [0.7]})
+    again.close("done")
+    first, second = read_session_log(tmp_path / "k.jsonl")
+    assert len(first["decisions"]) == 3 and first["end"] is None
+    assert [r["marker"] for r in second["decisions"]] == ["n1"] and second["end"]["reason"] == "done"
