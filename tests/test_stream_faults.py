@@ -251,6 +251,7 @@ def test_cli_session_publishes_logs_and_maps_commands(model, tmp_path):
         assert r["command"] == "GO" + str(int(r["ids"][0].split("/")[1][:5]) - 1)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_session_cleanly(model, tmp_path):
     ckpt, group, _, _ = model
     eeg = ss.EEGOutlet("cc-eeg", ss.CH_NAMES, marker_name="cc-mk")
