@@ -145,6 +145,28 @@ def test_burst_of_markers_old_and_future_markers(model, tmp_path):
     assert len(old) == 1 and "its epoch starts before the oldest EEG sample held" in old[0]
 
 
+def test_wrong_true_rate_and_units_are_named(model, tmp_path):
+    """A stream declaring 100 Hz but delivering 90 samples/s, in microvolts for a volt-trained checkpoint."""
+    ckpt, group, _, _ = model
+    from mne_lsl.lsl import local_clock
+
+    eeg = ss.EEGOutlet("ru-eeg", ss.CH_NAMES, marker_name="ru-mk")
+    said = ss.Collector()
+    session = StreamSession(ckpt, group, eeg=StreamSpec(name="ru-eeg"), markers=StreamSpec(name="ru-mk"),
+                            log=tmp_path / "ru.jsonl", notify=said, outlet_name="ru-decisions")
+    thread, box = ss.run_in_thread(session, duration=2.5)
+    ss.wait_running(session)
+    n = 270
+    stamps = local_clock() - 3.1 + np.arange(n) / 90.0
+    eeg.outlet.push_chunk(np.ascontiguousarray(_noise(n) * 1e6, dtype=np.float32), timestamp=stamps)
+    thread.join(10)
+    eeg.close()
+    assert "error" not in box, box.get("error")
+    assert said.having("EEG stream 'ru-eeg' declares 100 Hz but delivers 90.0 samples/s")
+    units = said.having("times the amplitude of the checkpoint's training data: a unit mismatch?")
+    assert len(units) == 1 and "pass --scale" in units[0]
+
+
 def _app() -> typer.Typer:
     app = typer.Typer()
 
