@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sa.decode.lsl import (Inlet, Lost, Outlet, StreamSpec, describe_stream, find_stream, marker_labels, mne_lsl,
+                           still_visible)
 from sa.errors import SAError
 
 
@@ -607,8 +609,6 @@ class StreamSession:
                  outlet_name: str = "sa-decisions", command_outlet_name: str = "sa-commands",
                  resolve_timeout: float = 10.0, notify: Callable[[str], None] | None = None,
                  on_status: Callable[[Status], None] | None = None) -> None:
-        from sa.decode.lsl import StreamSpec
-
         self.options = options or OnlineOptions()
         self.options.check()
         self.eeg_spec = eeg or StreamSpec(stype="EEG")
@@ -636,7 +636,6 @@ class StreamSession:
             self.log.write({"event": kind, "time": time.time(), "message": text})
 
     def _open_eeg(self, info: Any) -> Any:
-        from sa.decode.lsl import Inlet, describe_stream
         from sa.train.decode import select_channels
 
         if info.sfreq == 0:
@@ -684,8 +683,6 @@ class StreamSession:
         return inlet
 
     def _connect(self) -> None:
-        from sa.decode.lsl import Inlet, describe_stream, find_stream
-
         eeg_info = find_stream("EEG", self.eeg_spec, self.resolve_timeout, "--eeg")
         self.eeg = self._open_eeg(eeg_info)
         self.eeg_info = eeg_info
@@ -706,8 +703,6 @@ class StreamSession:
 
         Raises StreamLost (after closing the log) when a stream vanishes and does not come back.
         """
-        from sa.decode.lsl import Outlet, mne_lsl
-
         lsl = mne_lsl()
         try:
             self._connect()
@@ -789,8 +784,6 @@ class StreamSession:
                 "outlets": [self.outlet_name] + ([self.command_outlet_name] if self.commands else [])}
 
     def _step(self) -> None:
-        from sa.decode.lsl import Lost
-
         try:
             data, ts = self.eeg.pull(wait=0.005)
         except Lost:
@@ -821,8 +814,6 @@ class StreamSession:
                 mdata, mts = [], np.zeros(0)
                 self._recover("marker")
             if len(mts):
-                from sa.decode.lsl import marker_labels
-
                 labels = marker_labels(mdata, self.markers.ch_names, self.markers.is_string)
                 for label, t in zip(labels, mts):
                     if label is not None:
@@ -990,8 +981,6 @@ class StreamSession:
 
     def _stall(self, now: float) -> None:
         """No EEG for stall_s: say so once, then check the stream still exists; if it vanished, wait for it."""
-        from sa.decode.lsl import still_visible
-
         if not self._stalled:
             self._stalled = True
             self.status.state = "stalled"
@@ -1005,8 +994,6 @@ class StreamSession:
 
     def _recover(self, role: str) -> None:
         """A stream is gone: wait up to lost_s for it (same source id or name) to come back, else end the session."""
-        from sa.decode.lsl import Inlet, still_visible
-
         info = self.eeg_info if role == "EEG" else self.marker_info
         self.status.state = f"{role} stream gone"
         self._say(f"{role} stream {info.name!r} vanished (its outlet is gone); waiting up to "
