@@ -208,7 +208,7 @@ def test_a_degenerate_layer_never_wins_and_is_flagged(tmp_path):
     assert s.best.layer == "01" and s.best.top1.mean == 20.0
     assert [(ls.layer, ls.flag) for ls in s.flagged] == [("02", "constant-features"), ("03", "non-finite-features")]
     md = to_markdown([s])
-    assert "mean/02 (constant), mean/03 (non-finite)" in md and "never chosen" in md
+    assert "(constant: mean/02; non-finite: mean/03) are never chosen" in md
 
 
 def test_headline_counts_only_subjects_with_a_result(tmp_path):

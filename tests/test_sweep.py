@@ -57,7 +57,7 @@ def test_rows_curves_and_resume(synth, tmp_path, monkeypatch):
     assert r9["n_blocks"] == 18 and r9["backbone_params"] > 1e6 and r9["epochs"] == 4
     # every setting that changes the numbers is a column
     assert (r9["channels"], r9["window"], r9["single_trials"], r9["val_fraction"], r9["split_seed"]) == ("all", "all", False, 0.25, 0)
-    assert (r9["gallery"], r9["embed_dim"], r9["eval_seed"], r9["select"]) == ("stimuli", 32, 0, "val")
+    assert (r9["gallery"], r9["embed_dim"], r9["eval_seed"], r9["select"]) == ("stimuli", 32, 0, "smooth")
     assert (r9["status"], r9["precision"]) == ("ok", "fp32")
     assert next(r for r in rows.values() if r["layer"] == "final")["depth"] is None
     for rid in rows:
@@ -192,4 +192,4 @@ def test_degenerate_layers_are_flagged_never_chosen_and_nonfinite_ones_not_train
     (s,) = res.summary
     assert s.best.layer == "01" and [ls.layer for ls in s.flagged] == ["02", "03", "04"]
     md = write_report(tmp_path / "res", tmp_path / "rep", progress=False).markdown.read_text()
-    assert "gap/02 (constant), gap/03 (near-constant), gap/04 (non-finite)" in md and "never chosen" in md
+    assert "(constant: gap/02; near-constant: gap/03; non-finite: gap/04) are never chosen" in md

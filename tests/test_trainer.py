@@ -81,7 +81,8 @@ def test_learns_a_learnable_problem_well_above_chance():
 def test_selection_uses_validation_never_test():
     """Test trials are built with the opposite sign: test accuracy falls as training goes while val rises."""
     tr, va, te = subject(600, 0), subject(100, 1), subject(100, 2, sign=-1.0)
-    cfg = TrainConfig(encoder="linear", embed_dim=32, epochs=6, batch_size=128, lr=3e-3, precision="fp32", ks=())
+    cfg = TrainConfig(encoder="linear", embed_dim=32, epochs=6, batch_size=128, lr=3e-3, precision="fp32", ks=(),
+                      select="val")
     res = train_runs(*tr, *va, *te, [RunSpec("a", 0)], cfg, progress=False)[0]
     val = [c["val_top1"] for c in res.curves]
     assert res.best_epoch == int(np.argmax(val)) + 1 and res.best_epoch > 1

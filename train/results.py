@@ -72,7 +72,7 @@ SELECT_RULES: dict[str, str] = {
     "smooth": "best validation top-1 averaged over the last 3 epochs",
     "last": "the last epoch",
 }
-DEFAULT_SELECT = "val"
+DEFAULT_SELECT = "smooth"  # best mean test top-1 over both budgets of docs/selection.md
 
 # `status` of a run: ok, or why its numbers are not a result (diverged) or its layer cannot be chosen.
 STATUS_OK = "ok"

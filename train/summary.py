@@ -425,12 +425,15 @@ def flag_notes(summaries: Sequence[BackboneSummary]) -> list[str]:
     for s in summaries:
         flagged = s.flagged
         if flagged:
-            kinds = sorted({ls.flag for ls in flagged})
-            named = ", ".join(f"{ls.name} ({ls.flag.replace('-features', '')})" for ls in flagged[:8])
-            more = f" and {len(flagged) - 8} more" if len(flagged) > 8 else ""
-            notes.append(f"{s.backbone} ({s.encoder}): layer(s) {named}{more} have {' / '.join(k.replace('-', ' ') for k in kinds)}"
-                         "; they are never chosen (a random-init backbone, an fp16 underflow or a dead stage looks "
-                         "like this; check the cache or the weights).")
+            kinds = []
+            for kind in FEATURE_FLAGS:
+                names = [ls.name for ls in flagged if ls.flag == kind]
+                if names:
+                    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                    kinds.append(f"{kind.replace('-features', '')}: {shown}")
+            notes.append(f"{s.backbone} ({s.encoder}): layers with degenerate features ({'; '.join(kinds)}) are never "
+                         "chosen (a random-init backbone, an fp16 underflow or a dead stage looks like this; check the "
+                         "cache or the weights).")
         if s.n_diverged:
             notes.append(f"{s.backbone} ({s.encoder}): {s.n_diverged} run(s) diverged (loss or temperature not finite); "
                          "they are left out of every mean, not counted as 0 % (lower --lr).")
