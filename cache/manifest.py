@@ -4,6 +4,10 @@ The caller (the extractor) supplies the provenance it knows (backbone spec,
 weights, transform, layers...); `base_manifest` adds what the cache owns:
 format version, ids, status, shapes, block size, creation time/host/user and
 library versions. Digests and status "complete" are added by finalize.
+
+Feature arrays are stored float16; an array holding finite values beyond
+float16's range (|x| > 65504) is stored float32 instead, its entry saying why
+(`storage_values` is the one rule for both), so no value is ever stored as inf.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+import numpy as np
+
 from sa.errors import SAError
 
 FORMAT_VERSION = 1
 POOLS = ("cls", "mean", "gap")
 FEATURE_DTYPE = "float16"
+WIDE_DTYPE = "float32"  # an array float16 cannot hold (|x| > 65504) is stored in this, and its manifest entry says why
+STORAGE_DTYPES = (FEATURE_DTYPE, WIDE_DTYPE)
 IDS_ARRAY = "ids"
 
 
@@ -65,9 +73,53 @@ def libraries() -> dict[str, str]:
     return {"sa": __version__, "zarr": zarr.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
 
 
+class Float16Overflow(SAError):
+    """A block holds finite values beyond float16's range for some arrays; `wide` maps each to the reason.
+
+    The extractor answers by storing those arrays as float32 (`CacheRoot.create(..., wide=...)`) and redoing the block.
+    """
+
+    def __init__(self, message: str, wide: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.wide = dict(wide)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.wide))
+
+
+def storage_values(x: Any, dtype: str) -> tuple[np.ndarray, float | None]:
+    """(the values as stored in `dtype`, the largest finite magnitude float16 cannot hold, or None).
+
+    float16 arrays: the float16 rounding (the magnitude is set when a finite value would become inf).
+    float32 (widened) arrays: the float16 rounding wherever float16 holds the value, the float32 value
+    elsewhere, so an array widened half-way through holds the same bytes as one stored wide from the start.
+    """
+    x = np.asarray(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = x.astype(np.float16)
+    if dtype == FEATURE_DTYPE:
+        lost = np.isinf(half) & np.isfinite(x)
+        peak = float(np.abs(x[lost]).max()) if lost.any() else None
+        return np.ascontiguousarray(half), peak
+    keep_half = np.isfinite(half) | ~np.isfinite(x)
+    return np.ascontiguousarray(np.where(keep_half, half.astype(np.float32), x.astype(np.float32))), None
+
+
+def array_entry(n: int, width: int, wide_reason: str | None = None) -> dict[str, Any]:
+    """The manifest entry of one feature array: shape and storage dtype (float32 with the reason when widened)."""
+    entry: dict[str, Any] = {"shape": [int(n), int(width)], "dtype": FEATURE_DTYPE}
+    if wide_reason:
+        entry.update(dtype=WIDE_DTYPE, wide_because=wide_reason)
+    return entry
+
+
 def base_manifest(caller: Mapping[str, Any], *, image_set_id: str, backbone_key: str, n: int,
-                  arrays: Mapping[str, int], block_rows: int) -> dict[str, Any]:
-    """The caller's manifest plus the fields the cache owns, with status 'partial'."""
+                  arrays: Mapping[str, int], block_rows: int, wide: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The caller's manifest plus the fields the cache owns, with status 'partial'.
+
+    `wide` maps the arrays stored as float32 instead of float16 to the reason (values beyond float16's range).
+    """
+    wide = wide or {}
     from sa import __version__
 
     manifest = dict(caller)
@@ -81,7 +133,7 @@ def base_manifest(caller: Mapping[str, Any], *, image_set_id: str, backbone_key:
         "block_rows": int(block_rows),
         "dtype": FEATURE_DTYPE,
         "pools": manifest.get("pools") or pools_of(arrays),
-        "arrays": {name: {"shape": [int(n), int(width)], "dtype": FEATURE_DTYPE} for name, width in arrays.items()},
+        "arrays": {name: array_entry(n, width, wide.get(name)) for name, width in arrays.items()},
     })
     manifest.setdefault("layers", [{"label": label} for label in layers_of(arrays)])
     manifest.setdefault("skipped", [])

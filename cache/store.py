@@ -340,8 +340,13 @@ class CacheRoot:
             return GroupInfo.from_manifest(key, manifest, self._du(key))
 
     def create(self, image_set_id: str, backbone_key: str, ids: Sequence[str], arrays: Mapping[str, int],
-               manifest: Mapping[str, Any], *, block_rows: int = 256, lock: bool = True) -> "FeatureWriter":
-        """Create (or reopen to resume) the partial group for (image set, backbone) and return its writer."""
+               manifest: Mapping[str, Any], *, block_rows: int = 256, lock: bool = True,
+               wide: Mapping[str, str] | None = None) -> "FeatureWriter":
+        """Create (or reopen to resume) the partial group for (image set, backbone) and return its writer.
+
+        `wide` names arrays to store as float32 (name -> why); a partial group's float16 array named there is
+        widened in place, its finished blocks kept (see `_create_or_check`). Arrays are never narrowed again.
+        """
         key = f"{image_set_id}/{backbone_key}"
         ids = [str(i) for i in ids]
         widths = self._check_create_args(key, ids, arrays, block_rows)
@@ -357,7 +362,7 @@ class CacheRoot:
         if writer_lock is not None:
             writer_lock.acquire()
         try:
-            self._create_or_check(key, ids, widths, dict(manifest), block_rows)
+            self._create_or_check(key, ids, widths, dict(manifest), block_rows, dict(wide or {}))
             return FeatureWriter(self, key, writer_lock)
         except BaseException:
             if writer_lock is not None:
@@ -383,17 +388,30 @@ class CacheRoot:
             widths[name] = int(width)
         return widths
 
-    def _create_or_check(self, key: str, ids: list[str], widths: dict[str, int], manifest: dict, block_rows: int) -> None:
-        """Under the lock: write a new group, or check a partial one matches and fill in anything missing."""
+    def _create_or_check(self, key: str, ids: list[str], widths: dict[str, int], manifest: dict, block_rows: int,
+                         wide: dict[str, str] | None = None) -> None:
+        """Under the lock: write a new group, or check a partial one matches and fill in anything missing.
+
+        Widening a partial group's float16 array to float32 keeps its finished blocks: their progress markers are
+        removed first (a crash from then on recomputes them), the manifest then says float32, the array is made
+        anew, and the kept float16 values (finite, and exactly what the float32 rule stores) are written back.
+        """
         import zarr
 
+        from sa.cache.manifest import WIDE_DTYPE, array_entry
+
+        wide = wide or {}
         existing = self._manifest(key)
         ids_digest = digest_ids(ids)
+        record = BlockRecord(self.loc.fs, self._group_path(key))
+        kept: dict[str, np.ndarray] = {}
+        done: list[int] = []
         if existing is None:
             full = base_manifest(manifest, image_set_id=key.split("/")[0], backbone_key=key.split("/")[1], n=len(ids),
-                                 arrays=widths, block_rows=block_rows)
+                                 arrays=widths, block_rows=block_rows, wide=wide)
             full["ids_digest"] = ids_digest
             group = zarr.create_group(self.store, path=key, attributes={"sa": full}, overwrite=False)
+            entries = full["arrays"]
         else:
             if existing.get("status") == "complete":
                 raise SAError(f"cache group {key} under {self.url} is already complete; remove it with `sa cache rm {key}` to extract it again.")
@@ -402,20 +420,42 @@ class CacheRoot:
                 raise SAError(f"partial cache group {key} under {self.url} was started with other images, arrays or block size; "
                               f"remove it with `sa cache rm {key}` and extract again.")
             group = zarr.open_group(self.store, path=key, mode="a")
-        self._ensure_arrays(group, ids, widths, block_rows)
-        BlockRecord(self.loc.fs, self._group_path(key)).ensure()
+            entries = dict(existing["arrays"])
+            grow = {n: why for n, why in wide.items() if n in widths and entries[n].get("dtype", FEATURE_DTYPE) != WIDE_DTYPE}
+            if grow:
+                done = sorted(b for b in record.done() if b * block_rows < len(ids))
+                kept = {n: group[n][:] for n in grow if done and n in group}
+                record.clear()
+                for n, why in grow.items():
+                    entries[n] = array_entry(len(ids), widths[n], why)
+                group.update_attributes({"sa": {**existing, "arrays": entries}})
+        dtypes = {n: entries[n].get("dtype", FEATURE_DTYPE) for n in widths}
+        self._ensure_arrays(group, ids, widths, block_rows, dtypes)
+        record.ensure()
+        for n, values in kept.items():
+            for b in done:
+                rows = slice(b * block_rows, min(len(ids), (b + 1) * block_rows))
+                group[n][rows] = values[rows].astype(WIDE_DTYPE)
+        for b in done:
+            record.mark(b)
 
-    def _ensure_arrays(self, group: Any, ids: list[str], widths: dict[str, int], block_rows: int) -> None:
-        """Create the ids array and empty float16 arrays that do not exist yet (idempotent, for resumes)."""
+    def _ensure_arrays(self, group: Any, ids: list[str], widths: dict[str, int], block_rows: int,
+                       dtypes: Mapping[str, str] | None = None) -> None:
+        """Create the ids array and the empty feature arrays that do not exist yet, or exist in another dtype (resumes).
+
+        `dtypes`: name -> storage dtype (default float16).
+        """
         fs, base = self.loc.fs, self._group_path(group.path)
+        dtypes = dtypes or {}
         n = len(ids)
         if not fs.exists(f"{base}/{IDS_ARRAY}/zarr.json"):
             arr = group.create_array(IDS_ARRAY, shape=(n,), chunks=(n,), dtype=str, compressors=None, fill_value="", overwrite=True)
             arr[:] = np.array(ids, dtype=object)
         for name, width in widths.items():
-            if fs.exists(f"{base}/{name}/zarr.json"):
+            dtype = dtypes.get(name, FEATURE_DTYPE)
+            if fs.exists(f"{base}/{name}/zarr.json") and (dtype == FEATURE_DTYPE or np.dtype(group[name].dtype) == np.dtype(dtype)):
                 continue
-            group.create_array(name, shape=(n, width), chunks=(block_rows, width), dtype=FEATURE_DTYPE, compressors=None,
+            group.create_array(name, shape=(n, width), chunks=(block_rows, width), dtype=dtype, compressors=None,
                                filters=None, fill_value=np.nan, config={"write_empty_chunks": True}, overwrite=True)
 
     def open_writer(self, key: str) -> "FeatureWriter":
@@ -681,13 +721,27 @@ class FeatureWriter:
             extra = sorted(set(data) - set(self.arrays))
             raise SAError(f"block {b} of cache group {self.key} must give every array exactly once; "
                           f"missing {missing[:5]}, unexpected {extra[:5]}.")
-        blocks = {}
+        from sa.cache.manifest import Float16Overflow, storage_values
+
+        blocks, overflow = {}, {}
         for name in self.arrays:
             arr = np.asarray(data[name])
             if arr.shape != (n, self._widths[name]):
                 raise SAError(f"block {b} of array {name!r} in cache group {self.key} has shape {arr.shape}; "
                               f"it must be {(n, self._widths[name])}.")
-            blocks[name] = np.ascontiguousarray(arr, dtype=FEATURE_DTYPE)
+            stored, peak = storage_values(arr, self.manifest["arrays"][name].get("dtype") or FEATURE_DTYPE)
+            if peak is not None:
+                overflow[name] = f"values up to {peak:.4g} in magnitude, beyond float16's largest finite value 65504"
+            nan = np.isnan(arr)
+            if np.isinf(arr).any() or (nan.any(axis=1) & ~nan.all(axis=1)).any():
+                row = rows.start + int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
+                raise SAError(f"array {name!r} of cache group {self.key} got Inf or NaN values in row {row} (not a whole "
+                              f"NaN row of a skipped image); nothing non-finite is stored: fix what computed them.")
+            blocks[name] = stored
+        if overflow:
+            names = ", ".join(sorted(overflow))
+            raise Float16Overflow(f"block {b} of cache group {self.key} holds values float16 cannot store in {names} "
+                                  f"({next(iter(overflow.values()))}); store those arrays as float32.", overflow)
         if self._lock is not None:
             self._lock.refresh()
         for name, arr in blocks.items():

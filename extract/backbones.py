@@ -11,28 +11,33 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
-
 import hashlib
+import logging
 import os
 import socket
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
 
 from sa._compat import ensure_torchvision
-from sa.errors import SAError
+from sa.errors import DamagedError, SAError
 from sa.extract.layers import PLANNERS, LayerPlan
 from sa.extract.registry import BackboneSpec, resolve
 from sa.extract.transforms import (
+    Preprocess,
+    _weights_enum,
+    match_torchvision_file,
     open_clip_transform,
     timm_transform,
+    torchvision_entry,
+    torchvision_preset,
     torchvision_transform,
     transform_repr,
-    transform_size,
 )
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,7 +53,8 @@ class Backbone:
     embed: Callable[[torch.Tensor], torch.Tensor]
     plan: LayerPlan
     transform: Callable
-    image_size: int
+    input_size: tuple[int, int]  # (H, W) of the tensors `transform` returns
+    transform_source: str  # which preset the transform is and why it was chosen (manifest)
     weights: str  # "hub:<tag>", a local file path, or "random"
     weights_digest: str  # sha256 of the file, the pretrained tag, or "random:<seed>"
     random_init: bool
@@ -61,9 +67,10 @@ class Backbone:
         return transform_repr(self.transform)
 
     @property
-    def width(self) -> int:
-        """Width of the last block (embedding dim for ViTs, channels for CNNs); -1 until probed."""
-        return getattr(self, "_width", -1)
+    def image_size(self) -> Union[int, list[int]]:
+        """The input side length (or [H, W] when not square), as recorded in the key."""
+        h, w = self.input_size
+        return h if h == w else [h, w]
 
 
 def library_versions(source: str) -> dict[str, str]:
@@ -172,7 +179,105 @@ def _missing_weights_error(spec: BackboneSpec, where: str) -> SAError:
     )
 
 
+# ---------------------------------------------------------------- checkpoint files
+
+
+def _unwrap(obj: Any) -> Any:
+    """The state dict inside a training checkpoint ({'state_dict': ...}, {'model': ...}, {'module': ...})."""
+    for k in ("state_dict", "model", "module"):
+        if isinstance(obj, Mapping) and k in obj and isinstance(obj[k], Mapping):
+            return obj[k]
+    return obj
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        bad = next(((k, v) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+        return f"a dict whose entry {bad[0]!r} is a {type(bad[1]).__name__}" if bad else "a dict"
+    return f"a {type(obj).__name__}"
+
+
+def _safetensors_error(path: str, exc: BaseException) -> DamagedError:
+    return DamagedError(f"--weights {path} is not a readable safetensors file ({_first_line(exc)}); it is damaged "
+                        f"or truncated: download or save it again.")
+
+
+def read_state_dict(path: str) -> Mapping[str, torch.Tensor]:
+    """The name -> tensor mapping in a checkpoint file (.safetensors, or torch.save'd, mapped lazily when it can be).
+
+    A file that holds something else (a pickled list, a whole model object) is an SAError; one
+    that cannot be read (truncated, corrupt) is a DamagedError. Both name the file.
+    """
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path)
+        except SafetensorError as exc:
+            raise _safetensors_error(path, exc) from None
+    zipped = zipfile.is_zipfile(path)
+    with open(path, "rb") as f:
+        looks_zip = f.read(4) == b"PK\x03\x04"
+    if looks_zip and not zipped:
+        raise DamagedError(f"--weights {path} is a damaged or truncated torch.save archive; download or save it again.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note about pickle protocols says nothing to the user
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for foreign or broken files
+        if zipped:
+            raise DamagedError(f"--weights {path} cannot be read by torch.load ({_first_line(exc)}); the archive is "
+                               f"damaged: download or save it again.") from None
+        raise SAError(f"--weights {path} is not a tensor checkpoint torch.load can read safely ({_first_line(exc)}); "
+                      f"pass a file written with torch.save(model.state_dict()) or a .safetensors file.") from None
+    sd = _unwrap(obj)
+    if not isinstance(sd, Mapping) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise SAError(f"--weights {path} holds {_describe(sd) if sd else 'nothing'}, not a state dict of named tensors; "
+                      f"pass a file written with torch.save(model.state_dict()) or a .safetensors file.")
+    return sd
+
+
+def check_state_dict(path: str) -> None:
+    """`read_state_dict`'s checks without keeping the tensors (safetensors: its header only), once per file version."""
+    st = os.stat(path)
+    _check_state_dict(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _check_state_dict(path: str, size: int, mtime_ns: int) -> None:
+    if not path.endswith(".safetensors"):
+        read_state_dict(path)
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            if not list(f.keys()):
+                raise SAError(f"--weights {path} holds no tensors; pass the model's checkpoint.")
+    except SafetensorError as exc:
+        raise _safetensors_error(path, exc) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 # ---------------------------------------------------------------- building, per library
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a builder needs: the local weights file (and its sha256), random init, size, a named transform, and
+    `load` False when only the architecture is wanted (meta device)."""
+
+    weights: Optional[str]
+    sha256: Optional[str]
+    random_init: bool
+    image_size: Optional[int]
+    transform: Optional[str]
+    load: bool
 
 
 def _building_on(device: str) -> contextlib.AbstractContextManager:
@@ -181,16 +286,11 @@ def _building_on(device: str) -> contextlib.AbstractContextManager:
 
 
 def _tv_weights(spec: BackboneSpec):
-    tv = ensure_torchvision()
-    try:
-        enum = tv.models.get_model_weights(spec.arch)
-    except (ValueError, KeyError):
+    enum = _weights_enum(spec.arch)
+    if enum is None:
         return None
     if spec.pretrained:
-        try:
-            return enum[spec.pretrained]
-        except KeyError:
-            raise SAError(f"torchvision has no weights {spec.pretrained!r} for {spec.arch}; choose one of {', '.join(e.name for e in enum)}.") from None
+        return torchvision_entry(spec.arch, spec.pretrained, "the backbone's weights tag")
     return enum.DEFAULT
 
 
@@ -205,22 +305,22 @@ def _strip_text_tower(model: nn.Module) -> nn.Module:
     return model
 
 
-def _build_open_clip(spec: BackboneSpec, weights: Optional[str], random_init: bool, image_size: Optional[int], device: str) -> tuple[nn.Module, Callable]:
+def _build_open_clip(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn.Module, Preprocess]:
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) if spec.pretrained else {}
     kw: dict[str, Any] = {"force_quick_gelu": bool(cfg.get("quick_gelu", False)), "device": device}
-    if image_size:
-        kw["force_image_size"] = image_size
-    if random_init:  # asked for: open_clip's "no pretrained weights loaded" warning would only alarm
+    if req.image_size:
+        kw["force_image_size"] = req.image_size
+    if req.random_init or not req.load:  # asked for: open_clip's "no pretrained weights loaded" warning would only alarm
         with _building_on(device), _quiet_root_logger():
             model = open_clip.create_model(spec.arch, pretrained=None, **kw)
-    elif weights:
-        model = open_clip.create_model(spec.arch, pretrained=weights, require_pretrained=True, **kw)
+    elif req.weights:
+        model = open_clip.create_model(spec.arch, pretrained=req.weights, require_pretrained=True, **kw)
     else:
         model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, require_pretrained=True, **kw)
-    transform = open_clip_transform(model, cfg, image_size)
-    return _strip_text_tower(model), transform
+    pre = open_clip_transform(model, cfg, req.image_size, spec.pretrained)
+    return _strip_text_tower(model), pre
 
 
 def _timm_create(name: str, image_size: Optional[int], **kw) -> nn.Module:
@@ -234,58 +334,71 @@ def _timm_create(name: str, image_size: Optional[int], **kw) -> nn.Module:
     return timm.create_model(name, **kw)
 
 
-def _build_timm(spec: BackboneSpec, weights: Optional[str], random_init: bool, image_size: Optional[int], device: str) -> tuple[nn.Module, Callable]:
+def _build_timm(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn.Module, Preprocess]:
     full = spec.arch + (f".{spec.pretrained}" if spec.pretrained else "")
-    if random_init:
+    if req.random_init or not req.load:
         with _building_on(device):
-            model = _timm_create(full, image_size, pretrained=False)
-    elif weights:
-        model = _timm_create(full, image_size, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+            model = _timm_create(full, req.image_size, pretrained=False)
+    elif req.weights:
+        model = _timm_create(full, req.image_size, pretrained=True, pretrained_cfg_overlay={"file": str(req.weights)})
     else:
-        model = _timm_create(full, image_size, pretrained=True)
-    return model.to(device), timm_transform(model, image_size)
+        model = _timm_create(full, req.image_size, pretrained=True)
+    return model.to(device), timm_transform(model, req.image_size, spec.pretrained)
 
 
-def _load_state_dict_file(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for k in ("state_dict", "model"):
-        if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict):
-            sd = sd[k]
-    return sd
-
-
-def _build_torchvision(spec: BackboneSpec, weights: Optional[str], random_init: bool, image_size: Optional[int], device: str) -> tuple[nn.Module, Callable]:
+def _build_torchvision(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn.Module, Preprocess]:
     tv = ensure_torchvision()
-    preset = _tv_weights(spec)
-    if random_init or weights:
+    preset, why = torchvision_preset(spec.arch, pretrained=spec.pretrained, transform=req.transform,
+                                     weights_file=req.weights, sha256=req.sha256, random_init=req.random_init)
+    if req.weights and spec.pretrained and req.transform is None:
+        matched, _ = match_torchvision_file(spec.arch, req.weights, req.sha256 or "")
+        if matched is not None and matched.name != spec.pretrained:
+            raise SAError(f"--weights {req.weights} is torchvision's {spec.arch} {matched.name}, but the backbone names "
+                          f"{spec.pretrained}; name torchvision:{spec.arch}:{matched.name} (or leave the tag out).")
+    if req.random_init or req.weights or not req.load:
         with _building_on(device):
             model = tv.models.get_model(spec.arch, weights=None)
-        if weights:
+        if req.weights and req.load:
             try:
-                model.load_state_dict(_load_state_dict_file(str(weights)))
+                model.load_state_dict(read_state_dict(str(req.weights)))
             except RuntimeError as exc:
-                first = str(exc).splitlines()[0]
-                raise SAError(f"--weights {weights} does not fit torchvision:{spec.arch} ({first}); pass that architecture's state dict.") from None
+                raise SAError(f"--weights {req.weights} does not fit torchvision:{spec.arch} ({_first_line(exc)}); pass that "
+                              f"architecture's state dict.") from None
     else:
-        model = tv.models.get_model(spec.arch, weights=preset)
-    return model.to(device), torchvision_transform(preset, image_size)
+        model = tv.models.get_model(spec.arch, weights=_tv_weights(spec))
+    return model.to(device), torchvision_transform(preset, req.image_size, why)
+
+
+def torchvision_head(model: nn.Module) -> Optional[tuple[nn.Module, str]]:
+    """(the module that holds the classifier's last Linear, its attribute name) of a torchvision classifier, or None."""
+    for head in ("classifier", "fc", "heads"):
+        module = getattr(model, head, None)
+        if isinstance(module, nn.Linear):
+            return model, head
+        if isinstance(module, nn.Sequential):
+            linears = [name for name, m in module.named_children() if isinstance(m, nn.Linear)]
+            if linears:
+                return module, linears[-1]
+    return None
 
 
 def _embed_fn(spec: BackboneSpec, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The backbone's own image embedding: open_clip encode_image, timm pre-logits, torchvision pooled penultimate."""
+    """The backbone's own image embedding: open_clip encode_image, timm pre-logits, torchvision penultimate features.
+
+    torchvision: the input of the classifier's last Linear (MobileNetV3's 1024-d hidden layer, VGG's fc7,
+    ConvNeXt after the head's LayerNorm, ResNet's pooled features, ViT's CLS / pre-logits).
+    """
     if spec.source == "open_clip":
         return lambda x: model.encode_image(x)
     if spec.source == "timm":
         return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
-    for head in ("classifier", "fc", "heads"):
-        if isinstance(getattr(model, head, None), nn.Module):
-            setattr(model, head, nn.Identity())  # model(x) now returns the features the classifier would see
-            return lambda x: model(x)
-    raise SAError(f"torchvision model {spec.arch} has no classifier/fc/heads module, so its final embedding is unknown.")
+    found = torchvision_head(model)
+    if found is None:
+        raise SAError(f"torchvision model {spec.arch} has no Linear classifier (classifier/fc/heads), so its penultimate "
+                      f"embedding is unknown; use timm or open_clip for it.")
+    holder, name = found
+    setattr(holder, name, nn.Identity())  # model(x) now returns what the last Linear would see
+    return lambda x: model(x)
 
 
 BUILDERS = {"open_clip": _build_open_clip, "timm": _build_timm, "torchvision": _build_torchvision}
@@ -298,6 +411,15 @@ def _check_weights_file(weights: Union[str, Path]) -> str:
     return str(path.resolve())
 
 
+def check_image_size(image_size: Optional[int]) -> None:
+    """SAError unless `image_size` is None (the backbone's own) or a positive number of pixels."""
+    if image_size is None:
+        return
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise SAError(f"--image-size {image_size} is not a positive number of pixels; give e.g. 224, or leave it out "
+                      f"for the backbone's own size.")
+
+
 def load_backbone(
     name: Union[str, BackboneSpec],
     *,
@@ -307,14 +429,16 @@ def load_backbone(
     image_size: Optional[int] = None,
     device: str = "cpu",
     dtype: str = "fp32",
+    transform: Optional[str] = None,
 ) -> Backbone:
-    """Build a backbone for extraction: eval mode, on `device` in `dtype` ("fp32" | "bf16" | "fp16").
+    """Build a backbone for extraction: eval mode, on `device`, weights cast to `dtype` ("fp32" | "bf16" | "fp16").
 
     Pretrained weights come from the library's hub cache (SAError with how to
-    supply them when absent and offline); `weights` loads a local checkpoint;
-    `random_init` seeds torch with `seed` (for tests). `device="meta"` builds
-    the same backbone without weights, instantly: enough for its cache key,
-    layers and transform.
+    supply them when absent and offline); `weights` loads a local checkpoint
+    (for torchvision, with the transform of the weights entry it matches, or of
+    the entry named in `name` or by `transform`); `random_init` seeds torch with
+    `seed` (for tests). `device="meta"` builds the same backbone without
+    weights, instantly: enough for its cache key, layers and transform.
     """
     ensure_torchvision()
     spec = name if isinstance(name, BackboneSpec) else resolve(name)
@@ -322,9 +446,16 @@ def load_backbone(
         raise SAError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}.")
     if weights is not None and random_init:
         raise SAError("--weights and --random-init exclude each other; pass one.")
+    check_image_size(image_size)
+    if transform is not None and spec.source != "torchvision":
+        raise SAError(f"--transform applies to torchvision backbones only; {spec.source} takes its preprocessing from the "
+                      f"pretrained tag, so name the tag in --backbone instead.")
+    sha = None
     if weights is not None:
         weights = _check_weights_file(weights)
-        source, digest = weights, file_digest(weights)
+        sha = file_digest(weights)
+        check_state_dict(weights)  # a list, a model object or a damaged file is one sentence, before any building
+        source, digest = weights, sha
     elif random_init:
         torch.manual_seed(seed)
         source, digest = "random", f"random:{seed}"
@@ -334,18 +465,22 @@ def load_backbone(
             if local is None and not network_reachable(HUB_HOSTS[spec.source]):
                 raise _missing_weights_error(spec, where)
         source, digest = f"hub:{spec.pretrained or 'default'}", f"pretrained:{spec.generic}"
+    req = _Request(weights, sha, random_init, image_size, transform, load=device != "meta")
     try:
         if device == "meta":
             with _quiet_root_logger():
-                model, transform = BUILDERS[spec.source](spec, None, True, image_size, device)
+                model, pre = BUILDERS[spec.source](spec, req, device)
         else:
-            model, transform = BUILDERS[spec.source](spec, weights, random_init, image_size, device)
+            model, pre = BUILDERS[spec.source](spec, req, device)
     except SAError:
         raise
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        if image_size is not None and device == "meta":
+            raise SAError(f"--image-size {image_size} does not fit {spec.generic} ({_first_line(exc)}); choose a size the "
+                          f"model accepts (a multiple of its patch size for ViTs), or leave it out.") from None
         if weights is not None:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise SAError(f"--weights {weights} could not be loaded into {spec.generic} ({first}); check it is that model's checkpoint.") from None
+            raise SAError(f"--weights {weights} could not be loaded into {spec.generic} ({_first_line(exc)}); check it is "
+                          f"that model's checkpoint.") from None
         if not random_init and any(w in str(exc).lower() for w in ("connect", "offline", "resolve", "timed out", "network", "cannot find the requested files")):
             raise _missing_weights_error(spec, pretrained_location(spec)[0]) from None
         raise
@@ -354,14 +489,14 @@ def load_backbone(
     embed = _embed_fn(spec, model)
     plan = PLANNERS[spec.source](model)
     model.to(dtype=DTYPES[dtype])
-    default_size = image_size or 224
     return Backbone(
         spec=spec,
         model=model,
         embed=embed,
         plan=plan,
-        transform=transform,
-        image_size=transform_size(transform, default_size),
+        transform=pre.transform,
+        input_size=pre.size,
+        transform_source=pre.source,
         weights=source,
         weights_digest=digest,
         random_init=random_init,

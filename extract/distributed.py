@@ -30,17 +30,17 @@ def shard_blocks(blocks: Sequence[int], n_shards: int) -> list[list[int]]:
     return [s for s in out if s]
 
 
-def _worker_backbone(name: str, weights: Optional[str], random_init: bool, seed: int, image_size: Optional[int], dtype: str, device: str):
+def _worker_backbone(name: str, load: dict, device: str):
     from sa.extract.backbones import load_backbone
 
-    args = (name, weights, random_init, seed, image_size, dtype, device)
+    args = (name, device, *sorted((k, str(v)) for k, v in load.items()))
     if args not in _BACKBONES:
-        _BACKBONES[args] = load_backbone(name, weights=weights, random_init=random_init, seed=seed, image_size=image_size, device=device, dtype=dtype)
+        _BACKBONES[args] = load_backbone(name, device=device, **load)
     return _BACKBONES[args]
 
 
-def run_shard(cache_url: str, key: str, blocks: list[int], name: str, weights: Optional[str], random_init: bool, seed: int,
-              image_size: Optional[int], dtype: str, expect_spec: dict, imageset: Any, pools: tuple, batch_size: int, skip_bad: bool) -> list[str]:
+def run_shard(cache_url: str, key: str, blocks: list[int], name: str, load: dict, expect_spec: dict, imageset: Any,
+              pools: tuple, batch_size: int, skip_bad: bool) -> list[str]:
     """On a worker: compute and write `blocks` of group `key`; returns the skipped ids. Refuses a backbone whose key spec differs."""
     import torch
 
@@ -48,25 +48,29 @@ def run_shard(cache_url: str, key: str, blocks: list[int], name: str, weights: O
     from sa.extract.runner import BlockJob, key_spec, resolve_device, run_blocks
 
     device = resolve_device("auto")
-    bb = _worker_backbone(name, weights, random_init, seed, image_size, dtype, str(device))
-    spec = key_spec(bb, pools, dtype)
+    bb = _worker_backbone(name, load, str(device))
+    spec = key_spec(bb, pools, load["dtype"], batch_size)
     if spec != expect_spec:
         raise SAError(f"worker built {name} differently from the client (libraries or weights differ: {spec} vs {expect_spec}); give workers the same environment.")
     torch.set_num_threads(1)
     writer = open_root(cache_url).open_writer(key)
     try:
-        job = BlockJob(imageset, pools, batch_size, device, skip_bad, num_workers=0)
+        job = BlockJob(imageset, pools, batch_size, device, skip_bad, num_workers=0, dtype=load["dtype"])
         return run_blocks(bb, writer, blocks, job)
     finally:
         writer.close()
 
 
-def run_distributed(writer: Any, cache_url: str, name: str, pending: Sequence[int], job: Any, spec: dict, weights: Any,
-                    random_init: bool, seed: int, image_size: Optional[int], dtype: str, scheduler: Optional[str],
-                    n_workers: Optional[int], progress: bool) -> list[str]:
-    """Submit block-aligned shards of `pending` to a dask cluster (`scheduler` address, or a local one of `n_workers`)."""
-    from dask.distributed import Client, LocalCluster, as_completed
+def run_distributed(writer: Any, cache_url: str, name: str, pending: Sequence[int], job: Any, spec: dict, load: dict,
+                    scheduler: Optional[str], n_workers: Optional[int], progress: bool) -> list[str]:
+    """Submit block-aligned shards of `pending` to a dask cluster (`scheduler` address, or a local one of `n_workers`).
 
+    Every shard runs to its end before an error is raised here, so no worker is still writing when the client
+    reacts (e.g. widens an array float16 cannot hold, see sa.cache.manifest.Float16Overflow).
+    """
+    from dask.distributed import Client, LocalCluster, wait
+
+    from sa.cache.manifest import Float16Overflow
     from sa.progress import make_progress
 
     cluster = None
@@ -81,19 +85,32 @@ def run_distributed(writer: Any, cache_url: str, name: str, pending: Sequence[in
     try:
         n = max(1, len(client.scheduler_info().get("workers", {})) or int(n_workers or 1))
         shards = shard_blocks(pending, 2 * n)
-        w = None if weights is None else str(weights)
+        load = {**load, "weights": None if load.get("weights") is None else str(load["weights"])}
         futures = {
-            client.submit(run_shard, cache_url, writer.key, s, name, w, random_init, seed, image_size, dtype, spec,
-                          job.imageset, tuple(job.pools), job.batch_size, job.skip_bad, retries=SHARD_RETRIES, pure=False): s
+            client.submit(run_shard, cache_url, writer.key, s, name, load, spec, job.imageset, tuple(job.pools),
+                          job.batch_size, job.skip_bad, retries=SHARD_RETRIES, pure=False): s
             for s in shards
         }
         skipped: list[str] = []
+        errors: list[BaseException] = []
         total = sum(len(range(*writer.block_rows_slice(b).indices(writer.n_rows))) for b in pending)
         with make_progress("img", disable=not progress) as bar:
             task = bar.add_task(f"extract {name} on {n} workers", total=total)
-            for fut in as_completed(futures):
-                skipped += fut.result()
-                bar.advance(task, sum(len(range(*writer.block_rows_slice(b).indices(writer.n_rows))) for b in futures[fut]))
+            remaining = set(futures)
+            while remaining:
+                finished, remaining = wait(list(remaining), return_when="FIRST_COMPLETED")
+                for fut in finished:
+                    if fut.status == "error":
+                        errors.append(fut.exception())
+                        continue
+                    skipped += fut.result()
+                    job.skipped.extend(i for i in fut.result() if i not in job.skipped)
+                    bar.advance(task, sum(len(range(*writer.block_rows_slice(b).indices(writer.n_rows))) for b in futures[fut]))
+        other = [e for e in errors if not isinstance(e, Float16Overflow)]
+        if other:
+            raise other[0]
+        if errors:  # every failure was an overflow: one error naming all the arrays to widen
+            raise Float16Overflow(str(errors[0]), {k: v for e in errors for k, v in e.wide.items()})
         return skipped
     finally:
         client.close()

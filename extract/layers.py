@@ -105,9 +105,21 @@ def plan_open_clip(model: nn.Module) -> LayerPlan:
 
 
 def plan_timm(model: nn.Module) -> LayerPlan:
-    """timm: token models (blocks + prefix tokens) or CNNs via their feature_info modules."""
+    """timm: token models (blocks + prefix tokens) or CNNs: the stem, then every stage / block group.
+
+    `stem` + `stages` (ConvNeXt and kin): layer 0 = stem, l = stages.{l-1}; `conv_stem` + `bn1` + `blocks`
+    (EfficientNet, MobileNetV3): layer 0 = bn1, l = blocks.{l-1} (as `forward_intermediates(extra_blocks=True)`);
+    anything else: the model's `feature_info` modules, whose first entry must be its stem.
+    """
     if hasattr(model, "blocks") and hasattr(model, "num_prefix_tokens"):
         return _timm_token_plan(model)
+    fmt = str(getattr(model, "output_fmt", "NCHW"))
+    if fmt != "NCHW":
+        raise SAError(f"timm model {type(model).__name__} gives {fmt} feature maps; sa extract pools NCHW maps only.")
+    if isinstance(getattr(model, "stem", None), nn.Module) and isinstance(getattr(model, "stages", None), nn.Sequential):
+        return _plan("maps", ("stem", "output"), _children_paths(model, "stages"))
+    if all(isinstance(getattr(model, a, None), nn.Module) for a in ("conv_stem", "bn1")) and isinstance(getattr(model, "blocks", None), nn.Sequential):
+        return _plan("maps", ("bn1", "output"), _children_paths(model, "blocks"))
     info = getattr(model, "feature_info", None)
     if info is None:
         raise SAError(f"timm model {type(model).__name__} has neither blocks nor feature_info; sa extract cannot name its layers.")
@@ -117,9 +129,29 @@ def plan_timm(model: nn.Module) -> LayerPlan:
     return _plan("maps", (modules[0], "output"), modules[1:])
 
 
+def _is_convnext_stage(module: nn.Module) -> bool:
+    return type(next(iter(module.children()), None)).__name__ == "CNBlock"
+
+
 def plan_torchvision(model: nn.Module) -> LayerPlan:
-    """torchvision: `features.N` children, ResNet-style stages, or ViT encoder layers."""
-    if hasattr(model, "features") and isinstance(model.features, nn.Sequential):
+    """torchvision CNNs and ViTs, layer 0 = the stem and l = the output of stage (or block) l.
+
+    MobileNetV2/V3, EfficientNet: every child of `features` (stem, blocks or stages, head conv).
+    ConvNeXt: the stem and the four stages (`features.1/3/5/7`; the downsampling layers between them are not stages).
+    VGG, AlexNet: the first conv's ReLU, then each max-pool (the end of each conv stage).
+    ResNet family: the stem's max-pool, then layer1..layer4. ViT: the tokens entering block 1, then each block.
+    """
+    kind = type(model).__name__
+    if kind == "ConvNeXt":
+        feats = _children_paths(model, "features")
+        stages = [p for p in feats[1:] if _is_convnext_stage(model.get_submodule(p))]
+        return _plan("maps", (feats[0], "output"), stages)
+    if kind in ("VGG", "AlexNet"):
+        children = list(model.features.named_children())
+        relus = [f"features.{n}" for n, m in children if isinstance(m, nn.ReLU)]
+        pools = [f"features.{n}" for n, m in children if isinstance(m, nn.MaxPool2d)]
+        return _plan("maps", (relus[0], "output"), pools)
+    if kind in ("MobileNetV2", "MobileNetV3", "EfficientNet"):
         feats = _children_paths(model, "features")
         return _plan("maps", (feats[0], "output"), feats[1:])
     if all(hasattr(model, f"layer{i}") for i in range(1, 5)) and hasattr(model, "maxpool"):
@@ -127,7 +159,8 @@ def plan_torchvision(model: nn.Module) -> LayerPlan:
     if hasattr(model, "encoder") and hasattr(model.encoder, "layers") and hasattr(model, "class_token"):
         blocks = _children_paths(model, "encoder.layers")
         return _plan("tokens", (blocks[0], "input"), blocks, n_prefix=1, has_cls=True)
-    raise SAError(f"torchvision model {type(model).__name__} has no `features`, ResNet stages or ViT encoder; sa extract cannot name its layers.")
+    raise SAError(f"torchvision model {kind} is not one sa extract knows the layers of (MobileNetV2/V3, EfficientNet, "
+                  f"ConvNeXt, VGG, AlexNet, ResNet family, ViT); use its timm version instead.")
 
 
 PLANNERS: dict[str, Callable[[nn.Module], LayerPlan]] = {
@@ -159,6 +192,8 @@ class LayerTaps:
                 raise RuntimeError(f"layer {layer.module} gave tokens of shape {tuple(x.shape)} for a batch of {self._batch}")
             pooled = pool_tokens(x, self.plan.n_prefix, self.plan.has_cls, self.pools)
         else:
+            if x.ndim != 4 or x.shape[0] != self._batch:
+                raise RuntimeError(f"layer {layer.module} gave a map of shape {tuple(x.shape)}, not (batch, C, H, W)")
             pooled = {"gap": pool_map(x)}
         for pool, v in pooled.items():
             self._out[f"{pool}/{layer.label}"] = v

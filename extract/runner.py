@@ -8,10 +8,11 @@ and produces the same bytes as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,6 +29,13 @@ DEFAULT_BLOCK_ROWS = 256
 
 
 # ---------------------------------------------------------------- device and dtype
+
+# Measured on the real MobileNetV2 (IMAGENET1K_V1) weights over the 24 skimage.data photos, relative to unrounded fp32,
+# by `bench/extract.py --precision` (docs/extraction.md); float16 *storage* alone moves a row by 0.02 % (max 0.03 %).
+PRECISION_ERROR = {
+    "bf16": "rows move 7.5 % from fp32 (median; worst layer 16 %, max 39 %)",
+    "fp16": "rows move 0.46 % from fp32 (median; worst layer 0.9 %, max 2 %)",
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -47,45 +55,72 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """`auto` -> bf16 where the hardware has it natively (CUDA with bf16, CPU with AVX512-BF16/AMX), else fp32."""
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise SAError(f"--dtype {dtype} is not one of auto, {', '.join(DTYPES)}.")
-        return dtype
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
+    """`auto` -> fp32 on every device: a lab extracts each backbone once and shares it, so it is full precision.
+
+    bf16 / fp16 must be asked for by name (they cast weights and inputs; see PRECISION_ERROR).
+    """
+    if dtype == "auto":
+        return "fp32"
+    if dtype not in DTYPES:
+        raise SAError(f"--dtype {dtype} is not one of auto, {', '.join(DTYPES)}.")
+    return dtype
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device, dtype: str) -> Iterator[None]:
+    """fp32 on CUDA means IEEE fp32: TF32 matmuls and convolutions are switched off for the extraction, then restored."""
+    if device.type != "cuda" or dtype != "fp32":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def precision_text(device: torch.device, dtype: str) -> str:
+    """How the numbers were computed, for the manifest."""
+    if dtype == "fp32":
+        return "fp32" + (" (TF32 off)" if device.type == "cuda" else "")
+    return f"{dtype}: weights and inputs cast to {dtype} (no autocast); {PRECISION_ERROR[dtype]} on MobileNetV2"
 
 
 # ---------------------------------------------------------------- images -> tensors
 
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def to_rgb(im: Any) -> Any:
+    """An 8-bit RGB PIL image; 16-bit greyscale is scaled (x / 257), not clipped; float pixels are refused."""
+    from PIL import Image
+
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        a = np.asarray(im)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"32-bit integer pixels ({a.min()}..{a.max()}) have no 8-bit meaning; convert the image to 8-bit")
+        return Image.fromarray(np.round(a.astype(np.float64) / 257.0).astype(np.uint8), mode="L").convert("RGB")
+    if im.mode == "F":
+        raise ValueError("floating-point pixels have no 8-bit meaning; convert the image to 8-bit")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
 
 def decode_image(path: Union[str, Path]):
-    """Open an image with PIL and return it fully decoded as RGB."""
+    """Open an image with PIL and return it fully decoded as 8-bit RGB (16-bit images scaled, see `to_rgb`)."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        return im.convert("RGB")
+        return to_rgb(im)
 
 
 class ImageRows(Dataset):
     """Row i -> (i, transformed image, error text or ""). Errors travel as text so the caller can name the file."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable, image_size: int):
-        self.paths, self.transform, self.image_size = list(paths), transform, image_size
+    def __init__(self, paths: Sequence[Path], transform: Callable, input_size: tuple[int, int]):
+        self.paths, self.transform, self.input_size = list(paths), transform, tuple(input_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -94,7 +129,7 @@ class ImageRows(Dataset):
         try:
             return i, self.transform(decode_image(self.paths[i])), ""
         except Exception as exc:  # noqa: BLE001 - any decode failure is reported with its file
-            return i, torch.zeros(3, self.image_size, self.image_size), f"{type(exc).__name__}: {exc}"
+            return i, torch.zeros(3, *self.input_size), f"{type(exc).__name__}: {exc}"
 
 
 def block_batches(blocks: Iterable[int], n_rows: int, block_rows: int, batch_size: int) -> list[list[int]]:
@@ -132,7 +167,10 @@ def find_bad_images(imageset: ImageSet, rows: Iterable[int]) -> list[str]:
 
 @dataclass
 class BlockJob:
-    """Everything the block loop needs besides the backbone and the writer."""
+    """Everything the block loop needs besides the backbone and the writer.
+
+    `skipped` collects the ids of unreadable images as blocks are computed (it survives a restart of the loop).
+    """
 
     imageset: ImageSet
     pools: tuple[str, ...]
@@ -140,23 +178,50 @@ class BlockJob:
     device: torch.device
     skip_bad: bool
     num_workers: int
+    dtype: str = "fp32"
+    skipped: list = field(default_factory=list)
 
 
 def probe_widths(bb: Backbone, pools: Sequence[str], device: torch.device) -> dict[str, int]:
     """Array name -> width, from one forward pass of a blank image."""
-    x = torch.zeros(1, 3, bb.image_size, bb.image_size, device=device, dtype=next(bb.model.parameters()).dtype)
+    x = torch.zeros(1, 3, *bb.input_size, device=device, dtype=next(bb.model.parameters()).dtype)
     with torch.inference_mode(), LayerTaps(bb.model, bb.plan, bb.embed, tuple(pools)) as taps:
         out = taps.run(x)
     return {name: int(v.shape[1]) for name, v in out.items()}
 
 
+def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """`x` with zero images appended up to `rows`: every forward has the same shape, so a row's numbers never
+    depend on how many images share its batch (kernels may sum in another order for another batch shape)."""
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
+
+
+def _check_finite(out: dict, good: np.ndarray, rows: Any, job: BlockJob, name: str) -> None:
+    """SAError naming the layer and image when the model gave NaN/Inf for a readable image."""
+    for array, v in out.items():
+        finite = torch.isfinite(v).all(dim=1).numpy()
+        bad = np.flatnonzero(good & ~finite)
+        if bad.size:
+            image = job.imageset.ids[int(rows[bad[0]])]
+            fix = ("compute in fp32 (--dtype fp32)" if job.dtype != "fp32"
+                   else "the weights overflow even float32: check the --weights file")
+            raise SAError(f"layer {array} of {name} gave NaN/Inf for image {image} ({bad.size} image(s) in this batch) "
+                          f"at --dtype {job.dtype}; {fix}.")
+
+
 def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, on_batch: Optional[Callable[[int], None]] = None) -> list[str]:
-    """Compute and write `blocks` of the writer's group; returns the ids skipped as unreadable (rows NaN)."""
+    """Compute and write `blocks` of the writer's group; returns the ids skipped as unreadable (rows NaN).
+
+    Every forward runs on exactly `job.batch_size` images (the last batch is padded with blank images), so the
+    stored bytes depend on the batch size, which is therefore part of the cache key.
+    """
     n, block_rows = writer.n_rows, writer.block_rows
     batches = block_batches(blocks, n, block_rows, job.batch_size)
     if not batches:
         return []
-    dataset = ImageRows([job.imageset.root / i for i in job.imageset.ids], bb.transform, bb.image_size)
+    dataset = ImageRows([job.imageset.root / i for i in job.imageset.ids], bb.transform, bb.input_size)
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
@@ -169,50 +234,66 @@ def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, 
     skipped: list[str] = []
     buf: dict[str, np.ndarray] = {}
     filled, current = 0, None
-    with torch.inference_mode(), LayerTaps(bb.model, bb.plan, bb.embed, job.pools) as taps:
+    with torch.inference_mode(), full_precision(job.device, job.dtype), LayerTaps(bb.model, bb.plan, bb.embed, job.pools) as taps:
         for rows, x, errors in loader:
             b = int(rows[0]) // block_rows
             if b != current:
                 current, filled, buf = b, 0, {}
+            if tuple(x.shape[-2:]) != tuple(bb.input_size):
+                raise RuntimeError(f"the transform of {bb.spec.name} gave {tuple(x.shape[-2:])} images, not {bb.input_size}")
             bad = [k for k, e in enumerate(errors) if e]
             for k in bad:
                 path = job.imageset.root / job.imageset.ids[int(rows[k])]
                 if not job.skip_bad:
                     raise SAError(f"Cannot read image {path} ({errors[k]}); fix or remove it, or pass --skip-bad to store NaN for it.")
                 skipped.append(job.imageset.ids[int(rows[k])])
-            out = taps.run(x.to(job.device, dtype=model_dtype, non_blocking=True))
+            out = taps.run(_padded(x, job.batch_size).to(job.device, dtype=model_dtype, non_blocking=True))
+            out = {name: v[: len(rows)].cpu() for name, v in out.items()}
+            good = np.ones(len(rows), dtype=bool)
+            good[bad] = False
+            _check_finite(out, good, rows, job, bb.spec.name)
             sl = writer.block_rows_slice(b)
             lo = int(rows[0]) - sl.start
             for name, v in out.items():
-                a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float16))
-                chunk = v.cpu().numpy().astype(np.float16)
+                a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float32))
+                chunk = v.numpy()
                 chunk[bad] = np.nan
                 a[lo : lo + len(rows)] = chunk
             filled += len(rows)
             if filled == sl.stop - sl.start:
                 writer.write_block(b, buf)
+                job.skipped.extend(i for i in skipped if i not in job.skipped)
+                skipped = []
             if on_batch is not None:
                 on_batch(len(rows))
-    return skipped
+    return list(job.skipped)
 
 
 # ---------------------------------------------------------------- keys, manifest, writer
 
 
-def key_spec(bb: Backbone, pools: Sequence[str], dtype: str) -> dict:
-    """Everything that changes the stored numbers (hashed into the backbone key)."""
+# Bumped whenever what a layer label or `final` means changes for some family (v2: stem and every stage for timm
+# CNNs, torchvision ConvNeXt/VGG stages, penultimate `final` for MobileNetV3/VGG/ConvNeXt), so old groups are not reused.
+CONVENTION = 2
+
+
+def key_spec(bb: Backbone, pools: Sequence[str], dtype: str, batch_size: int) -> dict:
+    """Everything that changes the stored numbers (hashed into the backbone key), batch size included."""
     return {
         "source": bb.spec.generic,
         "weights": bb.weights_digest,
         "transform": bb.transform_text,
         "image_size": bb.image_size,
         "dtype": dtype,
+        "batch_size": int(batch_size),
         "pools": list(pools),
         "libraries": bb.libraries,
+        "convention": CONVENTION,
     }
 
 
-def build_manifest(bb: Backbone, spec: dict, imageset: ImageSet, pools: Sequence[str], dtype: str, device: torch.device, widths: dict, seed: int) -> dict:
+def build_manifest(bb: Backbone, spec: dict, imageset: ImageSet, pools: Sequence[str], dtype: str, device: torch.device,
+                   widths: dict, seed: int, batch_size: int) -> dict:
     """The extractor's part of the group manifest (the cache adds status, ids, arrays, created...)."""
     last = bb.plan.layers[-1].label
     return {
@@ -231,8 +312,11 @@ def build_manifest(bb: Backbone, spec: dict, imageset: ImageSet, pools: Sequence
         },
         "key_spec": spec,
         "transform": bb.transform_text,
+        "transform_source": bb.transform_source,
         "image_size": bb.image_size,
         "compute_dtype": dtype,
+        "precision": precision_text(device, dtype),
+        "batch_size": int(batch_size),
         "device": str(device),
         "layers": [layer.manifest() for layer in bb.plan.layers],
         "pools": list(pools),
@@ -242,24 +326,25 @@ def build_manifest(bb: Backbone, spec: dict, imageset: ImageSet, pools: Sequence
     }
 
 
-def _complete_group(root: Any, isid: str, bb: Backbone, pools: Optional[Sequence[str]], dtype: str, name: str) -> Any:
+def _complete_group(root: Any, isid: str, bb: Backbone, pools: Optional[Sequence[str]], dtype: str, batch_size: int, name: str) -> Any:
     """The complete cache group this backbone would write, or None."""
-    spec = key_spec(bb, choose_pools(pools, bb.plan.pools, name), dtype)
+    spec = key_spec(bb, choose_pools(pools, bb.plan.pools, name), dtype, batch_size)
     key = f"{isid}/{backbone_key(bb.spec.key_name, spec)}"
     return root.open(key) if root.status(key) == "complete" else None
 
 
-def open_group_writer(root: Any, isid: str, bkey: str, ids: Sequence[str], widths: dict, manifest: dict, block_rows: int, wait: bool, say: Callable[[str], None]) -> Any:
+def open_group_writer(root: Any, isid: str, bkey: str, ids: Sequence[str], widths: dict, manifest: dict, block_rows: int,
+                      wait: bool, say: Callable[[str], None], wide: Optional[dict] = None) -> Any:
     """root.create with the writer lock, or None once another writer completed the group while we waited (`wait`).
 
-    If the other writer dies while we wait, its partial group is resumed here.
+    If the other writer dies while we wait, its partial group is resumed here. `wide`: arrays to store as float32.
     """
     from sa.cache import GroupLocked
     from sa.cache.wait import WriterGone, wait_for_complete
 
     while True:
         try:
-            return root.create(isid, bkey, list(ids), widths, manifest, block_rows=block_rows, lock=True)
+            return root.create(isid, bkey, list(ids), widths, manifest, block_rows=block_rows, lock=True, wide=wide)
         except GroupLocked as exc:
             if not wait:
                 raise SAError(f"{exc} Pass --wait to wait for it and reuse its result.") from None
@@ -278,15 +363,38 @@ def _as_list(backbones: Union[str, Sequence[str]]) -> list[str]:
     return [backbones] if isinstance(backbones, str) else list(backbones)
 
 
-def _weights_for(weights: Union[None, str, Path, Sequence], n: int) -> list:
-    if weights is None or isinstance(weights, (str, Path)):
-        if weights is not None and n > 1:
-            raise SAError("--weights was given once for several --backbone; give one --weights per backbone, in the same order.")
-        return [weights] * n
-    weights = list(weights)
-    if len(weights) != n:
-        raise SAError(f"{len(weights)} --weights for {n} --backbone; give one per backbone, in the same order.")
-    return weights
+def _per_backbone(value: Any, n: int, option: str) -> list:
+    """One value per backbone: None or a single str/Path for one backbone, else a list of length n."""
+    if value is None or isinstance(value, (str, Path)):
+        if value is not None and n > 1:
+            raise SAError(f"{option} was given once for several --backbone; give one {option} per backbone, in the same order.")
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise SAError(f"{len(value)} {option} for {n} --backbone; give one per backbone, in the same order.")
+    return value
+
+
+def check_options(batch_size: int, num_workers: Optional[int], image_size: Optional[int], block_rows: Optional[int],
+                  n_workers: Optional[int]) -> None:
+    """Every numeric option checked before anything is read, built or created."""
+    from sa.extract.backbones import check_image_size
+
+    if batch_size < 1:
+        raise SAError(f"--batch-size {batch_size} must be at least 1.")
+    if num_workers is not None and num_workers < 0:
+        raise SAError(f"--num-workers {num_workers} must be 0 (decode in this process) or more; leave it out for one per spare core.")
+    if n_workers is not None and n_workers < 1:
+        raise SAError(f"--workers {n_workers} must be at least 1.")
+    check_image_size(image_size)
+    if block_rows is not None and (block_rows < 1 or block_rows % batch_size):
+        raise SAError(f"block_rows {block_rows} must be a positive multiple of the batch size {batch_size}.")
+
+
+def _size_error(exc: BaseException, image_size: Optional[int], name: str) -> SAError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return SAError(f"--image-size {image_size} does not fit {name} ({first}); choose a size the model accepts "
+                   f"(a multiple of its patch size for ViTs), or leave it out.")
 
 
 def extract(
@@ -295,6 +403,7 @@ def extract(
     cache: Union[str, Path, None] = None,
     *,
     weights: Union[None, str, Path, Sequence] = None,
+    transform: Union[None, str, Sequence] = None,
     random_init: bool = False,
     seed: int = 0,
     pools: Optional[Sequence[str]] = None,
@@ -311,60 +420,95 @@ def extract(
     block_rows: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
 ) -> list:
-    """Extract every layer of each backbone over `images` into the cache; returns one FeatureGroup per backbone."""
+    """Extract every layer of each backbone over `images` into the cache; returns one FeatureGroup per backbone.
+
+    `transform` names the torchvision preprocessing preset (a weights entry such as IMAGENET1K_V1, or
+    "imagenet") for a `weights` file torchvision's own entries do not match.
+    """
     from sa.cache import open_root
 
     say = log or (lambda msg: None)
-    if batch_size < 1:
-        raise SAError(f"--batch-size {batch_size} must be at least 1.")
-    imageset = images if isinstance(images, ImageSet) else ImageSet.from_path(images)
+    check_options(batch_size, num_workers, image_size, block_rows, n_workers)
     names = _as_list(backbones)
     if not names:
         raise SAError("no --backbone given; name at least one (see `sa backbones`).")
-    root = open_root(cache)
-    isid = imageset.digest()
+    per_weights = _per_backbone(weights, len(names), "--weights")
+    per_transform = _per_backbone(transform, len(names), "--transform")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    imageset = images if isinstance(images, ImageSet) else ImageSet.from_path(images)
+    root = open_root(cache)
+    isid = imageset.digest()
     groups = []
-    for name, w in zip(names, _weights_for(weights, len(names))):
-        load = dict(weights=w, random_init=random_init, seed=seed, image_size=image_size, dtype=dt)
-        done = _complete_group(root, isid, load_backbone(name, device="meta", **load), pools, dt, name)
+    for name, w, tf in zip(names, per_weights, per_transform):
+        load = dict(weights=w, random_init=random_init, seed=seed, image_size=image_size, dtype=dt, transform=tf)
+        done = _complete_group(root, isid, load_backbone(name, device="meta", **load), pools, dt, batch_size, name)
         if done is not None:  # known from a weightless build: no giant model loaded just to skip it
             say(f"{name}: already complete in {root.url} as {done.key}; nothing to do.")
             groups.append(done)
             continue
-        bb = load_backbone(name, device=str(dev), **load)
-        chosen = choose_pools(pools, bb.plan.pools, name)
-        spec = key_spec(bb, chosen, dt)
-        bkey = backbone_key(bb.spec.key_name, spec)
-        key = f"{isid}/{bkey}"
+        groups.append(_extract_one(root, isid, imageset, name, load, pools, batch_size, dev, dt, skip_bad, num_workers,
+                                   scheduler, n_workers, wait, progress, block_rows, seed, say))
+    return groups
+
+
+def _extract_one(root: Any, isid: str, imageset: ImageSet, name: str, load: dict, pools: Optional[Sequence[str]],
+                 batch_size: int, dev: torch.device, dt: str, skip_bad: bool, num_workers: Optional[int],
+                 scheduler: Optional[str], n_workers: Optional[int], wait: bool, progress: bool,
+                 block_rows: Optional[int], seed: int, say: Callable[[str], None]) -> Any:
+    """Load one backbone, create (or resume) its group and write every block; widen arrays float16 cannot hold."""
+    from sa.cache.manifest import Float16Overflow
+
+    bb = load_backbone(name, device=str(dev), **load)
+    chosen = choose_pools(pools, bb.plan.pools, name)
+    spec = key_spec(bb, chosen, dt, batch_size)
+    bkey = backbone_key(bb.spec.key_name, spec)
+    key = f"{isid}/{bkey}"
+    try:
         widths = probe_widths(bb, chosen, dev)
-        manifest = build_manifest(bb, spec, imageset, chosen, dt, dev, widths, seed)
-        rows = block_rows or aligned_block_rows(batch_size)
-        writer = open_group_writer(root, isid, bkey, imageset.ids, widths, manifest, rows, wait, say)
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        if load["image_size"] is None:
+            raise
+        raise _size_error(exc, load["image_size"], bb.spec.generic) from None
+    manifest = build_manifest(bb, spec, imageset, chosen, dt, dev, widths, seed, batch_size)
+    rows = block_rows or aligned_block_rows(batch_size)
+    job = BlockJob(imageset, chosen, batch_size, dev, skip_bad, default_num_workers() if num_workers is None else num_workers, dt)
+    wide: dict[str, str] = {}
+    first = True
+    while True:
+        writer = open_group_writer(root, isid, bkey, imageset.ids, widths, manifest, rows, wait, say, wide)
         if writer is None:
             say(f"{name}: {key} was completed by the other writer; reusing it.")
-            groups.append(root.open(key))
-            continue
+            return root.open(key)
         try:
-            job = BlockJob(imageset, chosen, batch_size, dev, skip_bad, default_num_workers() if num_workers is None else num_workers)
             pending = writer.pending_blocks()
-            done_rows = [r for b in sorted(writer.done_blocks()) for r in range(*writer.block_rows_slice(b).indices(writer.n_rows))]
-            earlier_bad = find_bad_images(imageset, done_rows) if (skip_bad and done_rows) else []
-            if done_rows:
-                say(f"{name}: resuming {key} at {len(pending)} of {writer.n_blocks} blocks left.")
-            if scheduler or n_workers:
-                from sa.extract.distributed import run_distributed
+            if first:  # blocks an earlier run finished: recover which of their images were unreadable
+                first = False
+                done_rows = [r for b in sorted(writer.done_blocks()) for r in range(*writer.block_rows_slice(b).indices(writer.n_rows))]
+                job.skipped.extend(find_bad_images(imageset, done_rows) if (skip_bad and done_rows) else [])
+                if done_rows:
+                    say(f"{name}: resuming {key} at {len(pending)} of {writer.n_blocks} blocks left.")
+            with writer.writing():
+                if scheduler or n_workers:
+                    from sa.extract.distributed import run_distributed
 
-                skipped = run_distributed(writer, root.url, name, pending, job, spec, w, random_init, seed, image_size, dt, scheduler, n_workers, progress)
-            else:
-                skipped = _run_local(bb, writer, pending, job, name, progress)
-            group = writer.finalize({"skipped": sorted(set(earlier_bad) | set(skipped))})
+                    skipped = run_distributed(writer, root.url, name, pending, job, spec, load, scheduler, n_workers, progress)
+                else:
+                    skipped = _run_local(bb, writer, pending, job, name, progress)
+                group = writer.finalize({"skipped": sorted(set(job.skipped) | set(skipped))})
+        except Float16Overflow as exc:
+            if set(exc.wide) <= set(wide):  # cannot happen unless the store ignored `wide`: never loop on it
+                raise SAError(f"{exc} (it was already stored as float32; remove the group with `sa cache rm {key}` "
+                              f"and extract again).") from None
+            wide.update(exc.wide)
+            say(f"{name}: {', '.join(sorted(exc.wide))} hold values beyond float16's range; storing "
+                f"{'it' if len(exc.wide) == 1 else 'them'} as float32 (the manifest says why) and going on.")
+            continue
         finally:
             writer.close()
-        say(f"{name}: wrote {key} ({len(imageset)} images, {len(widths)} arrays).")
-        groups.append(group)
-    return groups
+        say(f"{name}: wrote {key} ({len(imageset)} images, {len(widths)} arrays"
+            + (f", {len(wide)} stored as float32" if wide else "") + ").")
+        return group
 
 
 def _run_local(bb: Backbone, writer: Any, pending: Sequence[int], job: BlockJob, name: str, progress: bool) -> list[str]:
