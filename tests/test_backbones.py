@@ -218,7 +218,7 @@ def test_meta_build_gives_the_same_cache_key_as_the_real_one(name, size, pools, 
     real = load_backbone(name, random_init=True, seed=3, image_size=size, dtype="bf16")
     meta = load_backbone(name, random_init=True, seed=3, image_size=size, dtype="bf16", device="meta")
     assert next(meta.model.parameters()).is_meta
-    assert key_spec(meta, pools, "bf16") == key_spec(real, pools, "bf16")
+    assert key_spec(meta, pools, "bf16", 8) == key_spec(real, pools, "bf16", 8)
     assert [layer.module for layer in meta.plan.layers] == [layer.module for layer in real.plan.layers]
 
 
@@ -232,5 +232,5 @@ def test_meta_build_keys_local_weights_by_their_digest(tmp_path):
     save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(f))
     real = load_backbone("timm:vit_tiny_patch16_224", weights=f, image_size=32, dtype="fp32")
     meta = load_backbone("timm:vit_tiny_patch16_224", weights=f, image_size=32, dtype="fp32", device="meta")
-    assert key_spec(meta, ("mean",), "fp32") == key_spec(real, ("mean",), "fp32")
+    assert key_spec(meta, ("mean",), "fp32", 8) == key_spec(real, ("mean",), "fp32", 8)
     assert meta.weights_digest == real.weights_digest != src.weights_digest

@@ -201,3 +201,125 @@ def test_cli_extract_and_backbones(images, tmp_path):
     assert res.exit_code == 2 and "--pool cls does not apply" in res.output
     res = runner.invoke(app, ["backbones", "dinov2-b", "clip-vit-b32"])
     assert res.exit_code == 0 and "dinov2-b" in res.output and "12" in res.output
+
+
+# ---------------------------------------------------------------- bad input: one sentence, nothing created
+
+
+def _cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from sa.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def _base(images: Path, cache: Path, backbone: str = TINY) -> list[str]:
+    return ["extract", "-b", backbone, "--images", str(images), "--cache", str(cache), "--dtype", "fp32",
+            "--num-workers", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize("size,words", [("-3", "is not a positive number of pixels"), ("0", "is not a positive number of pixels"),
+                                        ("7", "does not fit timm:vit_tiny_patch16_224")])
+def test_bad_image_size_is_one_sentence_before_anything_is_created(images, tmp_path, size, words):
+    res = _cli(_base(images, tmp_path / "c") + ["--random-init", "--image-size", size])
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_num_workers_below_zero_is_refused_before_a_group_exists(images, tmp_path):
+    res = _cli(_base(images, tmp_path / "c") + ["--random-init", "--image-size", "32", "--num-workers", "-1"])
+    assert res.exit_code == 2 and "--num-workers -1 must be 0" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "c").exists()
+
+
+def _not_state_dicts(folder: Path) -> list[tuple[Path, int, str]]:
+    import pickle
+
+    folder.mkdir()
+    listed = folder / "list.pt"
+    torch.save([torch.zeros(3), torch.ones(2)], listed)
+    pickled = folder / "plain.pkl"
+    pickled.write_bytes(pickle.dumps([1, 2, 3]))
+    corrupt = folder / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x20\x00\x00\x00\x00\x00\x00\x00{this is not the json header}")
+    truncated = folder / "trunc.pth"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    return [(listed, 2, "holds a list, not a state dict"), (pickled, 2, "is not a tensor checkpoint"),
+            (corrupt, 1, "is not a readable safetensors file"), (truncated, 1, "damaged or truncated")]
+
+
+@pytest.mark.parametrize("backbone", [TINY, "torchvision:mobilenet_v2:IMAGENET1K_V1"])
+def test_weights_files_that_are_not_state_dicts_are_one_sentence(images, tmp_path, backbone):
+    for k, (path, code, words) in enumerate(_not_state_dicts(tmp_path / "w")):
+        cache = tmp_path / f"c{k}"
+        res = _cli(_base(images, cache, backbone) + ["--weights", str(path), "--image-size", "32"])
+        assert res.exit_code == code and words in res.output and path.name in res.output, res.output
+        assert "Traceback" not in res.output and not cache.exists()
+
+
+def test_transform_is_for_torchvision_only(images, tmp_path):
+    res = _cli(_base(images, tmp_path / "c") + ["--random-init", "--transform", "IMAGENET1K_V1"])
+    assert res.exit_code == 2 and "--transform applies to torchvision backbones only" in res.output
+
+
+def test_a_full_disk_leaves_the_group_partial_and_says_how_much_it_needs(images, tmp_path, monkeypatch):
+    import errno
+
+    from sa.cache.store import FeatureWriter
+
+    def disk_full(self, b, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "c" / "chunk"))
+
+    monkeypatch.setattr(FeatureWriter, "write_block", disk_full)
+    res = _cli(_base(images, tmp_path / "c") + ["--random-init", "--image-size", "32", "--batch-size", "4"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "No space left" in res.output and "this needs about" in res.output, res.output
+    from sa.cache import open_root
+
+    (info,) = open_root(tmp_path / "c").list()
+    assert info.status == "partial"
+
+
+EFBIG_SCRIPT = textwrap.dedent(
+    """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (48_000, 48_000))
+    from sa.cli import app
+    sys.argv = ["sa", "extract", "-b", "torchvision:mobilenet_v2", "--random-init", "--images", sys.argv[1], "--cache",
+                sys.argv[2], "--image-size", "32", "--dtype", "fp32", "--num-workers", "0", "--no-progress"]
+    app()
+    """
+)
+
+
+def test_a_file_size_limit_leaves_the_group_partial_and_says_how_much_it_needs(images, tmp_path):
+    script = tmp_path / "efbig.py"
+    script.write_text(EFBIG_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(images), str(tmp_path / "c")], capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert "file-size limit" in out and "this needs about" in out
+    from sa.cache import open_root
+
+    (info,) = open_root(tmp_path / "c").list()
+    assert info.status == "partial"
+
+
+def test_batch_size_is_part_of_the_key(images, tmp_path):
+    (a,) = extract(images, TINY, tmp_path / "c", batch_size=4, **KW)
+    (b,) = extract(images, TINY, tmp_path / "c", batch_size=8, **KW)
+    (again,) = extract(images, TINY, tmp_path / "c", batch_size=4, **KW)
+    assert a.key != b.key and again.key == a.key
+    assert a.manifest["key_spec"]["batch_size"] == 4 and b.manifest["batch_size"] == 8
+
+
+def test_the_default_precision_is_fp32():
+    from sa.extract.runner import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == "fp32"
+    assert resolve_dtype("auto", torch.device("cuda")) == "fp32"
+    assert resolve_dtype("bf16", torch.device("cpu")) == "bf16"

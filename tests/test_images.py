@@ -61,3 +61,59 @@ def test_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SAError, match="no image files"):
         ImageSet.from_path(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- pixel depth: 16-bit images are scaled, not clipped
+
+
+def _png16(path, arr) -> None:
+    """A 16-bit PNG written byte by byte from the PNG spec (grey: colour type 0, RGB: 2; big-endian samples)."""
+    import struct
+    import zlib
+
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[r].astype(">u2").tobytes() for r in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if arr.ndim == 3 else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_greyscale_and_rgb_pngs_decode_to_their_8_bit_values(tmp_path):
+    import numpy as np
+    from skimage import data
+
+    from sa.extract.runner import decode_image
+
+    camera, astronaut = data.camera(), data.astronaut()
+    _png16(tmp_path / "grey16.png", camera.astype(np.uint16) * 257)  # 8-bit v is 16-bit 257 * v
+    _png16(tmp_path / "rgb16.png", astronaut.astype(np.uint16) * 257)
+    with Image.open(tmp_path / "grey16.png") as im:
+        assert im.mode == "I;16"  # Pillow's plain convert("RGB") of this clips 99.99 % of the pixels to 255
+    grey = np.asarray(decode_image(tmp_path / "grey16.png"))
+    np.testing.assert_array_equal(grey, np.repeat(camera[..., None], 3, axis=2))
+    np.testing.assert_array_equal(np.asarray(decode_image(tmp_path / "rgb16.png")), astronaut)
+
+
+def test_16_bit_png_gives_the_features_of_its_8_bit_twin_and_float_pixels_are_refused(tmp_path):
+    import numpy as np
+    from skimage import data
+
+    from sa.extract import extract
+
+    small = data.camera()[::8, ::8]
+    for folder, save in (("eight", lambda p: Image.fromarray(small).save(p)),
+                         ("sixteen", lambda p: _png16(p, small.astype(np.uint16) * 257))):
+        (tmp_path / folder).mkdir()
+        save(tmp_path / folder / "camera.png")
+    kw = dict(random_init=True, image_size=32, dtype="fp32", num_workers=0, progress=False)
+    (a,) = extract(tmp_path / "eight", "timm:vit_tiny_patch16_224", tmp_path / "c", **kw)
+    (b,) = extract(tmp_path / "sixteen", "timm:vit_tiny_patch16_224", tmp_path / "c", **kw)
+    assert a.image_set_id != b.image_set_id
+    assert all(np.array_equal(a.read(n), b.read(n)) for n in a.arrays)
+    (tmp_path / "float").mkdir()
+    Image.fromarray(small.astype(np.float32) / 255).save(tmp_path / "float" / "camera.tif")
+    with pytest.raises(SAError, match=r"Cannot read image .*camera\.tif.*floating-point pixels.*--skip-bad"):
+        extract(tmp_path / "float", "timm:vit_tiny_patch16_224", tmp_path / "c", **kw)
