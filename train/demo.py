@@ -91,7 +91,6 @@ class DemoResult:
     trained: int
     skipped: int
     seconds: dict[str, float] = field(default_factory=dict)
-
     random_init: bool = False
 
     @property

@@ -363,7 +363,7 @@ def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = Fal
     A layer with non-finite features is not trained (its rows say so); constant and
     near-constant layers are trained and flagged, so the summary never chooses them.
     """
-    from sa.train.features import layer_health, split_features
+    from sa.train.features import feature_health, layer_health, split_features
     from sa.train.results import FEATURE_FLAGS, STATUS_DIVERGED, STATUS_OK
     from sa.train.trainer import RunSpec, train_runs
 
@@ -372,6 +372,11 @@ def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = Fal
     table, gallery = loader.features(job)
     layers = sorted({lyr for lyr, _, _ in job.runs})
     health = layer_health(table, job.pool, layers)
+    if job.gallery_key:  # concept centres come from another group: check them too, the worse verdict wins
+        for lyr in layers:
+            flag = feature_health(gallery.feats[lyr])
+            if flag != STATUS_OK and (health[lyr] == STATUS_OK or FEATURE_FLAGS.index(flag) > FEATURE_FLAGS.index(health[lyr])):
+                health[lyr] = flag
     trainable = [lyr for lyr in layers if health[lyr] != FEATURE_FLAGS[2]]
     has_val = len(subj.val) > 0
     cfg = TrainConfig(**{**asdict(job.cfg), "encoder": job.encoder})
