@@ -31,7 +31,9 @@ from sa.extract.registry import BackboneSpec, resolve
 from sa.extract.transforms import (
     Preprocess,
     _weights_enum,
+    check_timm_file_tag,
     match_torchvision_file,
+    open_clip_file_cfg,
     open_clip_transform,
     timm_transform,
     torchvision_entry,
@@ -308,7 +310,9 @@ def _strip_text_tower(model: nn.Module) -> nn.Module:
 def _build_open_clip(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn.Module, Preprocess]:
     import open_clip
 
-    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) if spec.pretrained else {}
+    cfg, why = (open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) if spec.pretrained else {}), None
+    if req.weights and not spec.pretrained:
+        cfg, why = open_clip_file_cfg(spec.arch, req.weights)
     kw: dict[str, Any] = {"force_quick_gelu": bool(cfg.get("quick_gelu", False)), "device": device}
     if req.image_size:
         kw["force_image_size"] = req.image_size
@@ -319,7 +323,7 @@ def _build_open_clip(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn
         model = open_clip.create_model(spec.arch, pretrained=req.weights, require_pretrained=True, **kw)
     else:
         model = open_clip.create_model(spec.arch, pretrained=spec.pretrained, require_pretrained=True, **kw)
-    pre = open_clip_transform(model, cfg, req.image_size, spec.pretrained)
+    pre = open_clip_transform(model, cfg, req.image_size, spec.pretrained, why)
     return _strip_text_tower(model), pre
 
 
@@ -336,6 +340,7 @@ def _timm_create(name: str, image_size: Optional[int], **kw) -> nn.Module:
 
 def _build_timm(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn.Module, Preprocess]:
     full = spec.arch + (f".{spec.pretrained}" if spec.pretrained else "")
+    why = check_timm_file_tag(spec.arch, req.weights) if (req.weights and not spec.pretrained) else None
     if req.random_init or not req.load:
         with _building_on(device):
             model = _timm_create(full, req.image_size, pretrained=False)
@@ -343,7 +348,7 @@ def _build_timm(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn.Modu
         model = _timm_create(full, req.image_size, pretrained=True, pretrained_cfg_overlay={"file": str(req.weights)})
     else:
         model = _timm_create(full, req.image_size, pretrained=True)
-    return model.to(device), timm_transform(model, req.image_size, spec.pretrained)
+    return model.to(device), timm_transform(model, req.image_size, spec.pretrained, why)
 
 
 def _build_torchvision(spec: BackboneSpec, req: _Request, device: str) -> tuple[nn.Module, Preprocess]:

@@ -49,7 +49,8 @@ def _hw(size: Any) -> tuple[int, int]:
 # ---------------------------------------------------------------- open_clip and timm
 
 
-def open_clip_transform(model: nn.Module, pretrained_cfg: dict, image_size: Optional[int], tag: Optional[str]) -> Preprocess:
+def open_clip_transform(model: nn.Module, pretrained_cfg: dict, image_size: Optional[int], tag: Optional[str],
+                        why: Optional[str] = None) -> Preprocess:
     """open_clip's val preprocess from the model's preprocess cfg (the pretrained tag's mean/std/resize win)."""
     import open_clip
 
@@ -67,20 +68,68 @@ def open_clip_transform(model: nn.Module, pretrained_cfg: dict, image_size: Opti
         interpolation=cfg.get("interpolation"),
         fill_color=cfg.get("fill_color", 0),
     )
-    why = f"open_clip preprocess of tag {tag!r}" if tag else "open_clip preprocess of the model config (no tag named)"
+    why = why or (f"open_clip preprocess of tag {tag!r}" if tag else "open_clip preprocess of the model config (no tag named)")
     return Preprocess(transform, _hw(size), why + (f", resized to {image_size}" if image_size else ""))
 
 
-def timm_transform(model: nn.Module, image_size: Optional[int], tag: Optional[str]) -> Preprocess:
+def timm_transform(model: nn.Module, image_size: Optional[int], tag: Optional[str], why: Optional[str] = None) -> Preprocess:
     """timm's eval transform for the model's data config, at `image_size` if given."""
     from timm.data import create_transform, resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
     if image_size:
         cfg["input_size"] = (3, image_size, image_size)
-    why = f"timm data config of pretrained tag {tag!r}" if tag else "timm data config of the architecture's default tag"
+    why = why or (f"timm data config of pretrained tag {tag!r}" if tag else "timm data config of the architecture's default tag")
     return Preprocess(create_transform(**cfg, is_training=False), _hw(cfg["input_size"]),
                       why + (f", resized to {image_size}" if image_size else ""))
+
+
+# ---------------------------------------------------------------- a weights file without a tag: only when the tags agree
+
+_OPEN_CLIP_KEYS = ("mean", "std", "interpolation", "resize_mode", "quick_gelu")
+_TIMM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def _listed(tags: list[str]) -> str:
+    return ", ".join(tags[:6]) + (f" ... ({len(tags)} in all)" if len(tags) > 6 else "")
+
+
+def open_clip_file_cfg(arch: str, file: str) -> tuple[dict, str]:
+    """(the pretrained cfg, why) for an open_clip `--weights` file given without a tag.
+
+    The tag decides the preprocessing and, for OpenAI weights, the activation (QuickGELU), so a file is
+    read with a tag's settings only when every tag of the architecture agrees; otherwise the tag must be named.
+    """
+    import open_clip
+
+    tags = list(open_clip.list_pretrained_tags_by_model(arch))
+    if not tags:
+        return {}, f"open_clip:{arch} has no pretrained tags: the model config's preprocessing"
+    cfgs = {t: open_clip.get_pretrained_cfg(arch, t) for t in tags}
+    kinds = {tuple(str(c.get(k, "")) for k in _OPEN_CLIP_KEYS) for c in cfgs.values()}
+    if len(kinds) > 1:
+        raise SAError(f"--weights {file} names no open_clip tag, and the tags of {arch} ({_listed(tags)}) preprocess "
+                      f"or activate differently; name the tag the file was trained as, e.g. --backbone open_clip:{arch}:{tags[0]}.")
+    return cfgs[tags[0]], f"every pretrained tag of {arch} ({_listed(tags)}) shares this preprocessing"
+
+
+def check_timm_file_tag(arch: str, file: str) -> str:
+    """Why a timm `--weights` file without a tag may use the default tag's data config; SAError when the tags differ."""
+    import timm
+
+    names = list(timm.list_pretrained(f"{arch}.*"))
+    if not names:
+        return f"timm:{arch} has no pretrained tags: the architecture's data config"
+    kinds = set()
+    for n in names:
+        cfg = timm.models.get_pretrained_cfg(n)
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+        kinds.add(tuple(str(cfg.get(k)) for k in _TIMM_KEYS))
+    tags = [n.split(".", 1)[1] for n in names]
+    if len(kinds) > 1:
+        raise SAError(f"--weights {file} names no timm tag, and the tags of {arch} ({_listed(tags)}) preprocess "
+                      f"differently; name the tag the file was trained as, e.g. --backbone timm:{arch}.{tags[0]}.")
+    return f"every pretrained tag of {arch} ({_listed(tags)}) shares this data config"
 
 
 # ---------------------------------------------------------------- torchvision: which weights entry a checkpoint is

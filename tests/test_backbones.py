@@ -234,3 +234,19 @@ def test_meta_build_keys_local_weights_by_their_digest(tmp_path):
     meta = load_backbone("timm:vit_tiny_patch16_224", weights=f, image_size=32, dtype="fp32", device="meta")
     assert key_spec(meta, ("mean",), "fp32", 8) == key_spec(real, ("mean",), "fp32", 8)
     assert meta.weights_digest == real.weights_digest != src.weights_digest
+
+
+def test_a_weights_file_without_a_tag_is_refused_when_the_tags_preprocess_differently(tmp_path):
+    from safetensors.torch import save_file
+
+    f = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(2)}, str(f))
+    with pytest.raises(SAError, match=r"tags of efficientnet_b0 \(.*ra_in1k.*\) preprocess differently.*timm:efficientnet_b0\."):
+        load_backbone("timm:efficientnet_b0", weights=f, device="meta")
+    with pytest.raises(SAError, match=r"tags of ViT-B-32 .* preprocess or activate differently.*open_clip:ViT-B-32:openai"):
+        load_backbone("open_clip:ViT-B-32", weights=f, device="meta")
+    siglip = load_backbone("open_clip:ViT-B-16-SigLIP-256", weights=f, device="meta")  # one tag: its preset, squash at 256
+    assert "every pretrained tag of ViT-B-16-SigLIP-256 (webli)" in siglip.transform_source
+    assert siglip.input_size == (256, 256) and "CenterCrop" not in siglip.transform_text
+    named = load_backbone("timm:efficientnet_b0.ra_in1k", weights=f, device="meta")
+    assert "'ra_in1k'" in named.transform_source

@@ -23,7 +23,7 @@ from support_fidelity import assert_group_matches, batch, gap, labels, photo_dir
 
 
 def _oracle(name: str, size: int, file) -> torch.nn.Module:
-    """timm's own model from the same file (its pretrained-file path), at `size`."""
+    """timm's own model from the same file (its pretrained-file path, the tag's data config), at `size`."""
     kw = {"img_size": size} if "vit" in name or "eva" in name else {}
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kw).eval()
 
@@ -94,8 +94,8 @@ def test_timm_convnext_layer0_is_the_stem_and_every_stage_follows(tmp_path):
 
 
 def test_timm_efficientnet_taps_the_stem_and_every_block_group(tmp_path):
-    group, file, folder = _extract(tmp_path, "efficientnet_b0", 64)
-    m = _oracle("efficientnet_b0", 64, file)
+    group, file, folder = _extract(tmp_path, "efficientnet_b0.ra_in1k", 64)  # its tags preprocess differently: named
+    m = _oracle("efficientnet_b0.ra_in1k", 64, file)
     x = _inputs(m, 64, folder, list(group.ids))
     with torch.inference_mode():
         inter = m.forward_intermediates(x, intermediates_only=True, extra_blocks=True)
@@ -107,8 +107,8 @@ def test_timm_efficientnet_taps_the_stem_and_every_block_group(tmp_path):
 
 
 def test_timm_resnet_stem_and_stages(tmp_path):
-    group, file, folder = _extract(tmp_path, "resnet18", 64)
-    m = _oracle("resnet18", 64, file)
+    group, file, folder = _extract(tmp_path, "resnet18.tv_in1k", 64)
+    m = _oracle("resnet18.tv_in1k", 64, file)
     x = _inputs(m, 64, folder, list(group.ids))
     with torch.inference_mode():
         inter = m.forward_intermediates(x, intermediates_only=True)
