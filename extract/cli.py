@@ -12,10 +12,10 @@ from sa.clikit import console, err_console, friendly
 
 @friendly
 def extract_cmd(
-    backbone: List[str] = typer.Option(..., "--backbone", "-b", help="Alias (see `sa backbones`) or open_clip:ARCH[:TAG], timm:NAME[.TAG], torchvision:NAME. Repeat for several."),
+    backbone: List[str] = typer.Option(..., "--backbone", "-b", help="Alias (see `sa backbones`) or open_clip:ARCH[:TAG], timm:NAME[.TAG], torchvision:NAME[:ENTRY]. Repeat for several."),
     images: Path = typer.Option(..., "--images", "-i", help="Image folder (recursive; THINGS training_images/test_images understood) or a text file of image paths."),
     cache: Optional[str] = typer.Option(None, "--cache", help="Cache root (path or fsspec URL). Default: $SA_CACHE or ~/.cache/sa/features."),
-    weights: Optional[List[Path]] = typer.Option(None, "--weights", help="Local checkpoint (.pt/.pth/.bin/.safetensors) instead of the hub; one per --backbone. torchvision: preprocessed with the transform of the weights entry the file matches (by file name or sha256 prefix); a file that matches none needs --transform or torchvision:ARCH:ENTRY."),
+    weights: Optional[List[Path]] = typer.Option(None, "--weights", help="Local checkpoint (.pt/.pth/.bin/.safetensors) instead of the hub; one per --backbone. Its preprocessing is never guessed: torchvision uses the weights entry the file matches (sha256 prefix or file name), else name it (torchvision:ARCH:ENTRY or --transform); timm/open_clip need the tag in the name when the architecture's tags preprocess differently."),
     transform: Optional[List[str]] = typer.Option(None, "--transform", help="torchvision only: the preprocessing preset, a weights entry of the architecture (e.g. IMAGENET1K_V1) or 'imagenet' (resize 256, crop 224); one per --backbone."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights (for tests; recorded in the key)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --random-init."),
