@@ -1,19 +1,21 @@
 """The `sa` command line: a thin typer app over the Python API.
 
-Each subpackage keeps its commands in its own module; this file only mounts
-them. Command modules import heavy libraries (torch, zarr) inside the command
-functions so that `sa --help` stays fast.
+Each room keeps its commands in its own `cli` module; this file only mounts
+them, in pipeline order. Command modules import heavy libraries (torch, zarr)
+inside the command functions so that `sa --help` stays fast.
 """
 
 from __future__ import annotations
 
 import typer
 
-from sa import __version__
+from sa import __version__, demo
+from sa.brain import cli as brain_cli
 from sa.cache import cli as cache_cli
+from sa.decode import cli as decode_cli
 from sa.extract import cli as extract_cli
+from sa.report import cli as report_cli
 from sa.train import cli as train_cli
-from sa.train import data_cli, demo_cli, report_cli
 
 app = typer.Typer(
     name="sa",
@@ -42,11 +44,12 @@ def _root(
     """Shallow Alignment toolkit."""
 
 
-demo_cli.register(app)
+demo.register(app)
 app.add_typer(cache_cli.app, name="cache", help="Inspect, verify, export and share feature caches.")
-app.add_typer(data_cli.app, name="data", help="Check brain data layouts; write the synthetic THINGS-format dataset.")
+app.add_typer(brain_cli.app, name="data", help="Check brain data layouts; write the synthetic THINGS-format dataset.")
 extract_cli.register(app)
 train_cli.register(app)
+decode_cli.register(app)
 report_cli.register(app)
 
 

@@ -25,7 +25,7 @@ GB = 1e9
 
 def write_subject(folder: Path, n: int, reps: int, ch: int, t: int, seed: int) -> None:
     """One subject in the official format, with random values (filled in blocks to limit the writer's temporaries)."""
-    from sa.train.synth import channel_names, write_subject as write
+    from sa.brain.synth import channel_names, write_subject as write
 
     rng = np.random.default_rng(seed)
     x = np.empty((n, reps, ch, t), np.float32)
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--loso-subjects", type=int, default=5)
     args = ap.parse_args()
     n = int(round(16540 * args.scale / 10)) * 10
-    base = measure("import numpy, sa.train.data; out = {}")
+    base = measure("import numpy, sa.brain.data; out = {}")
     baseline = base["anon"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -90,7 +90,7 @@ def main() -> None:
             x = d['preprocessed_eeg_data'].mean(axis=1)
             out = {{}}""")
         sa_load = measure(f"""
-            from sa.train.data import open_dataset
+            from sa.brain.data import open_dataset
             s = open_dataset({str(root / 'full')!r}, image_root={str(root / 'images')!r}).load(1)
             out = {{'shape': list(s.train.x.shape)}}""")
         print(f"one subject {n} x 4 x 63 x 250 float32: stored {raw_size / GB:.2f} GB, averaged output {out_size / GB:.2f} GB")
@@ -102,7 +102,7 @@ def main() -> None:
             write_subject(root / "loso" / f"sub-{s + 1:02d}", n, 4, 17, 100, s + 1)
         for average in (True, False):
             loso = measure(f"""
-                from sa.train.data import open_dataset
+                from sa.brain.data import open_dataset
                 s = open_dataset({str(root / 'loso')!r}, image_root={str(root / 'images')!r}).load_loso(1, average_reps={average})
                 out = {{'n': int(s.train.x.nbytes + s.val.x.nbytes + s.test.x.nbytes)}}""")
             size = loso["n"]

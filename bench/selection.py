@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from sa.cache import open_root
-from sa.train.data import open_dataset
-from sa.train.demo import FULL_SYNTH, PLANTED_LAYER, TRAIN, VAL_FRACTION
+from sa.brain.data import open_dataset
+from sa.demo import FULL_SYNTH, PLANTED_LAYER, TRAIN, VAL_FRACTION
 from sa.train.features import FeatureTable, split_features
 from sa.train.results import SELECT_RULES
-from sa.train.synth import SynthOptions, make_synth
+from sa.brain.synth import SynthOptions, make_synth
 from sa.train.trainer import RunSpec, TrainConfig, choose_epoch, evaluate_split, train_runs
 
 EPOCHS = 20

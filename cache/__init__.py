@@ -6,15 +6,13 @@ API. Heavy modules (zarr) load on first use so `sa --help` stays fast.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-ENV_VAR = "SA_CACHE"
-DEFAULT_ROOT = "~/.cache/sa/features"
+from sa.cache.location import DEFAULT_ROOT, ENV_VAR, default_root
 
 __all__ = [
     "CacheRoot", "FeatureGroup", "FeatureWriter", "GroupInfo", "GroupLocked", "VerifyFailed", "CorruptChunk",
-    "default_root", "open_root", "export_group", "import_group",
+    "ENV_VAR", "DEFAULT_ROOT", "default_root", "open_root", "export_group", "import_group",
     "push", "pull", "copy_group", "wait_for_complete", "WriterGone",
 ]
 
@@ -26,11 +24,6 @@ _LAZY = {
     "push": "sa.cache.share", "pull": "sa.cache.share", "copy_group": "sa.cache.share",
     "wait_for_complete": "sa.cache.wait", "WriterGone": "sa.cache.wait",
 }
-
-
-def default_root() -> str:
-    """The cache root used when none is given: $SA_CACHE, else ~/.cache/sa/features (the one place this is defined)."""
-    return os.environ.get(ENV_VAR) or os.path.expanduser(DEFAULT_ROOT)
 
 
 def __getattr__(name: str) -> Any:

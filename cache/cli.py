@@ -11,17 +11,11 @@ from typing import Optional
 
 import typer
 
-from sa.clikit import console, friendly
+from sa.clikit import CACHE_HELP, cache_option, console, friendly
 
 app = typer.Typer(no_args_is_help=True, help="Inspect, verify, export and share feature caches.")
 
-ROOT_HELP = ("Cache root: a folder or an fsspec URL (https://, s3://, gs://, memory://; HTTP roots are read-only). "
-             "Default: $SA_CACHE, else ~/.cache/sa/features.")
 KEY_HELP = "Group key: '<image-set id>/<backbone key>', a backbone key, or a unique prefix (see `sa cache ls`)."
-
-
-def _root_opt() -> Optional[str]:
-    return typer.Option(None, "--root", "-r", envvar="SA_CACHE", help=ROOT_HELP, show_envvar=True)
 
 
 def _size(nbytes: float) -> str:
@@ -61,8 +55,8 @@ def _depth(value: object) -> str:
 @app.command("ls")
 @friendly
 def ls_cmd(
-    root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=ROOT_HELP),
-    root: Optional[str] = _root_opt(),
+    root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=CACHE_HELP),
+    root: Optional[str] = cache_option(),
     scan: bool = typer.Option(False, "--scan", help="List by scanning the folders (shows partial groups) instead of the "
                               "lab index remote roots use by default; not possible over HTTP."),
 ) -> None:
@@ -102,7 +96,7 @@ def ls_cmd(
 @friendly
 def info_cmd(
     key: str = typer.Argument(..., help=KEY_HELP),
-    root: Optional[str] = _root_opt(),
+    root: Optional[str] = cache_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the raw manifest as JSON."),
 ) -> None:
     """Show a group's manifest: backbone, weights, transform, layers, arrays and digests."""
@@ -140,7 +134,7 @@ def info_cmd(
 @friendly
 def verify_cmd(
     key: Optional[str] = typer.Argument(None, help=KEY_HELP + " Omit to verify every complete group."),
-    root: Optional[str] = _root_opt(),
+    root: Optional[str] = cache_option(),
 ) -> None:
     """Recompute every array digest, check float arrays hold no NaN/Inf, and name what fails (exit status 1 if any).
 
@@ -178,7 +172,7 @@ def verify_cmd(
 @friendly
 def rm_cmd(
     key: str = typer.Argument(..., help=KEY_HELP),
-    root: Optional[str] = _root_opt(),
+    root: Optional[str] = cache_option(),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     force: bool = typer.Option(False, "--force", help="Remove even while a live writer holds the group's lock."),
 ) -> None:
@@ -198,7 +192,7 @@ def rm_cmd(
 def export_cmd(
     key: str = typer.Argument(..., help=KEY_HELP),
     out: Path = typer.Argument(..., help="HDF5 file to write, e.g. features.h5."),
-    root: Optional[str] = _root_opt(),
+    root: Optional[str] = cache_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Write a complete group to one HDF5 file (same arrays; manifest as the JSON attribute 'sa_manifest')."""
@@ -212,7 +206,7 @@ def export_cmd(
 @friendly
 def import_cmd(
     file: Path = typer.Argument(..., help="HDF5 file written by `sa cache export`."),
-    root: Optional[str] = _root_opt(),
+    root: Optional[str] = cache_option(),
 ) -> None:
     """Restore a group from an HDF5 export; it is marked complete only if every digest matches."""
     from sa.cache.export import import_group
@@ -236,7 +230,7 @@ def _report_copy(report: object, verb: str) -> None:
 def push_cmd(
     key: str = typer.Argument(..., help=KEY_HELP),
     dest: str = typer.Argument(..., help="Shared cache root to copy into: a folder, s3://bucket/path, gs://... (not HTTP)."),
-    root: Optional[str] = _root_opt(),
+    root: Optional[str] = cache_option(),
 ) -> None:
     """Copy a complete group from your cache to a shared root, verify its digests there, then mark it complete.
 
@@ -252,7 +246,7 @@ def push_cmd(
 def pull_cmd(
     key: str = typer.Argument(..., help=KEY_HELP),
     src: str = typer.Argument(..., help="Shared cache root to copy from: a folder, https://..., s3://bucket/path, gs://..."),
-    root: Optional[str] = _root_opt(),
+    root: Optional[str] = cache_option(),
 ) -> None:
     """Copy a complete group from a shared root into your cache, verify its digests, then mark it complete.
 
@@ -267,8 +261,8 @@ def pull_cmd(
 @app.command("reindex")
 @friendly
 def reindex_cmd(
-    root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=ROOT_HELP),
-    root: Optional[str] = _root_opt(),
+    root_arg: Optional[str] = typer.Argument(None, metavar="[ROOT]", help=CACHE_HELP),
+    root: Optional[str] = cache_option(),
 ) -> None:
     """Rebuild the lab index (ROOT/sa-index.json) from the groups themselves; run it where the root can be written.
 

@@ -21,14 +21,23 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
+from sa.cache.location import Location
 from sa.cache.lock import GroupLocked, WriterLock
 from sa.cache.manifest import GroupInfo, now_iso
 from sa.errors import SAError
 
-if TYPE_CHECKING:
-    from sa.cache.store import CacheRoot
+class IndexedRoot(Protocol):
+    """What the index reads of a cache root (sa.cache.store.CacheRoot is one; the store imports this module)."""
+
+    loc: Location
+
+    @property
+    def url(self) -> str: ...
+    def info(self, key: str) -> GroupInfo: ...
+    def list(self, *, use_index: bool | None = None) -> list[GroupInfo]: ...
+    def require_exists(self) -> None: ...
 
 INDEX_NAME = "sa-index.json"
 INDEX_LOCK = "sa-index.lock"
@@ -45,7 +54,7 @@ class IndexStale(UserWarning):
 class IndexLock(WriterLock):
     """The short exclusive lock around a read-merge-write of the index (polls instead of failing at once)."""
 
-    def __init__(self, root: "CacheRoot") -> None:
+    def __init__(self, root: IndexedRoot) -> None:
         super().__init__(root.loc.fs, root.loc.base, root.loc.display(INDEX_NAME), stale_after=LOCK_STALE_S)
         self.path = root.loc.path(INDEX_LOCK)
 
@@ -75,7 +84,7 @@ def info_of(entry: dict[str, Any]) -> GroupInfo:
     return GroupInfo(**{f: entry[f] for f in ENTRY_FIELDS}, manifest=dict(entry))
 
 
-def read_index(root: "CacheRoot") -> dict[str, dict[str, Any]] | None:
+def read_index(root: IndexedRoot) -> dict[str, dict[str, Any]] | None:
     """Entries of the root's index by key, or None when the root has no index."""
     loc = root.loc
     try:
@@ -93,13 +102,13 @@ def read_index(root: "CacheRoot") -> dict[str, dict[str, Any]] | None:
     return groups
 
 
-def _write(root: "CacheRoot", groups: dict[str, dict[str, Any]]) -> None:
+def _write(root: IndexedRoot, groups: dict[str, dict[str, Any]]) -> None:
     """Write the whole index atomically."""
     doc = {"format": INDEX_FORMAT, "version": 1, "updated": now_iso(), "groups": dict(sorted(groups.items()))}
     root.loc.put_atomic(root.loc.path(INDEX_NAME), json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
-def _update(root: "CacheRoot", key: str, entry: dict[str, Any] | None) -> None:
+def _update(root: IndexedRoot, key: str, entry: dict[str, Any] | None) -> None:
     """Set (or drop, entry=None) one key's entry by re-read-merge-write under the index lock."""
     lock = IndexLock(root)
     lock.acquire_waiting()
@@ -117,7 +126,7 @@ def _update(root: "CacheRoot", key: str, entry: dict[str, Any] | None) -> None:
         lock.release()
 
 
-def record(root: "CacheRoot", key: str) -> None:
+def record(root: IndexedRoot, key: str) -> None:
     """Add/refresh the entry of complete group `key` (called by finalize and by push/pull); warns instead of failing."""
     try:
         _update(root, key, entry_of(root.info(key)))
@@ -126,7 +135,7 @@ def record(root: "CacheRoot", key: str) -> None:
                       f"run `sa cache reindex {root.url}`.", IndexStale, stacklevel=2)
 
 
-def forget(root: "CacheRoot", key: str) -> None:
+def forget(root: IndexedRoot, key: str) -> None:
     """Drop the entry of removed group `key`; warns instead of failing."""
     try:
         _update(root, key, None)
@@ -142,7 +151,7 @@ class Rebuilt(NamedTuple):
     damaged: list[GroupInfo]
 
 
-def rebuild(root: "CacheRoot") -> Rebuilt:
+def rebuild(root: IndexedRoot) -> Rebuilt:
     """Rewrite the index from the groups on the root (which must exist and be listable and writable).
 
     Damaged groups (zarr.json lost or torn, or listed by the old index but gone) are left out and returned,

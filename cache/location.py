@@ -18,6 +18,14 @@ import fsspec
 from sa.cache.remote import is_listable_protocol, is_read_only_protocol, url_to_fs
 from sa.errors import SAError
 
+ENV_VAR = "SA_CACHE"
+DEFAULT_ROOT = "~/.cache/sa/features"
+
+
+def default_root() -> str:
+    """The cache root used when none is given: $SA_CACHE, else ~/.cache/sa/features (the one place this is defined)."""
+    return os.environ.get(ENV_VAR) or os.path.expanduser(DEFAULT_ROOT)
+
 
 def _is_url(text: str) -> bool:
     """True for 'proto://...' strings other than file://."""
@@ -42,7 +50,7 @@ class Location:
         """Resolve `url_or_path` into a Location (expanding ~, making local paths absolute; HTTP(S) forced read-only)."""
         text = os.fspath(url_or_path)
         if not text:
-            raise SAError("the cache root is empty; pass --root PATH or set SA_CACHE.")
+            raise SAError("the cache root is empty; pass --cache PATH or set SA_CACHE.")
         if _is_url(text):
             fs, base = url_to_fs(text, storage_options)
             return cls(url=text.rstrip("/"), fs=fs, base=base.rstrip("/"), local=False,

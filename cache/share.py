@@ -188,10 +188,10 @@ class GroupCopy:
             if manifest_digests(existing) == manifest_digests(manifest):
                 return True
             raise SAError(f"cache group {self.key} already exists under {self.dst.url} with different data; remove it "
-                          f"there with `sa cache rm {self.key} --root {self.dst.url}` first.")
+                          f"there with `sa cache rm {self.key} --cache {self.dst.url}` first.")
         if not existing.get("copying_from"):
             raise SAError(f"cache group {self.key} under {self.dst.url} is a partial extraction, not an interrupted copy; "
-                          f"finish it with `sa extract` or remove it with `sa cache rm {self.key} --root {self.dst.url}`.")
+                          f"finish it with `sa extract` or remove it with `sa cache rm {self.key} --cache {self.dst.url}`.")
         return False
 
     # -- file list --------------------------------------------------------------------------
@@ -260,7 +260,7 @@ class GroupCopy:
                 data = self.src.loc.fs.cat_file(f"{self.src_dir}/{f.rel}")
             except FileNotFoundError:
                 raise DamagedError(f"cache group {self.key} under {self.src.url} is damaged: its file {f.rel} is missing; "
-                                   f"the copy stays partial. Run `sa cache verify {self.key} --root {self.src.url}` there.") from None
+                                   f"the copy stays partial. Run `sa cache verify {self.key} --cache {self.src.url}` there.") from None
         self.dst.loc.put_atomic(f"{self.dst_dir}/{f.rel}", data, verify=False)
         return data
 
@@ -312,7 +312,7 @@ class GroupCopy:
             raise DamagedError(f"while copying cache group {self.key}, array {f.array!r} did not match its digest "
                                f"({stream.why}) {where}, so the copy stopped and stays partial; its copied chunks were "
                                f"deleted, so rerunning the copy fetches it again (if that fails too, run "
-                               f"`sa cache verify {self.key} --root {self.src.url}` on the source).")
+                               f"`sa cache verify {self.key} --cache {self.src.url}` on the source).")
 
     def _drop_array(self, name: str, files: list[_File]) -> None:
         """Delete the destination's copies of array `name`'s chunks (so a rerun fetches them again)."""
@@ -332,7 +332,7 @@ class GroupCopy:
             for name in bad:
                 self._drop_array(name, files)
             raise DamagedError(f"after copying cache group {self.key} to {self.dst.url}, array(s) {', '.join(bad[:5])} do not match "
-                          f"their digests; the copy stays partial. Run `sa cache verify {self.key} --root {self.src.url}` on the "
+                          f"their digests; the copy stays partial. Run `sa cache verify {self.key} --cache {self.src.url}` on the "
                           f"source, then rerun the copy (the bad arrays are fetched again).")
 
     def _clean_tmp(self) -> None:

@@ -25,8 +25,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sa.cache.blocks import BlockRecord
+from sa.cache import index
+from sa.cache.index import INDEX_NAME, info_of, read_index
 from sa.cache.keys import is_image_set_id
-from sa.cache.location import Location
+from sa.cache.location import Location, default_root
 from sa.cache.lock import GroupLocked, WriterLock
 from sa.cache.manifest import (
     FEATURE_DTYPE,
@@ -56,8 +58,6 @@ def open_root(url_or_path: Any = None, read_only: bool = False, *, storage_optio
     `storage_options` go to the fsspec filesystem (e.g. s3 `client_kwargs`).
     """
     if url_or_path is None:
-        from sa.cache import default_root
-
         url_or_path = default_root()
     if isinstance(url_or_path, CacheRoot):
         return url_or_path
@@ -151,24 +151,22 @@ class CacheRoot:
             if not fs.exists(base):
                 return False
             if fs.isfile(base):
-                raise SAError(f"{self.url} is a file, not a feature cache; pass the cache folder with --root or set SA_CACHE.")
+                raise SAError(f"{self.url} is a file, not a feature cache; pass the cache folder with --cache or set SA_CACHE.")
             if fs.exists(self.loc.path(ROOT_MARKER)):
                 return True
             children = [c.rstrip("/").rsplit("/", 1)[-1] for c in fs.ls(base, detail=False)]
         except PermissionError:
-            raise SAError(f"cannot read cache root {self.url} (permission denied); fix its permissions or pass another --root.") from None
+            raise SAError(f"cannot read cache root {self.url} (permission denied); fix its permissions or pass another --cache.") from None
         if not children or any(is_image_set_id(c) for c in children):
             return True
         if "zarr.json" in children and self._manifest_at(base) is not None:
             raise SAError(f"{self.url} is one cache group, not a cache root; pass the folder two levels up "
-                          f"(the one holding <image-set id>/<backbone key>) as --root.")
+                          f"(the one holding <image-set id>/<backbone key>) as --cache.")
         raise SAError(f"{self.url} is not a feature cache (no {ROOT_MARKER} and no <image-set id>/<backbone key> groups); "
-                      f"pass the cache root with --root or set SA_CACHE.")
+                      f"pass the cache root with --cache or set SA_CACHE.")
 
     def _check_unlistable(self) -> bool:
         """A root without listing (HTTP) is a cache when its marker or index can be fetched; say so when it cannot be reached."""
-        from sa.cache.index import INDEX_NAME
-
         for name in (ROOT_MARKER, INDEX_NAME):
             try:  # cat_file, not exists/info: fsspec's HTTP info turns "no answer" into FileNotFoundError
                 self.loc.fs.cat_file(self.loc.path(name))
@@ -187,13 +185,11 @@ class CacheRoot:
     def require_exists(self) -> None:
         """SAError when the root does not exist (commands that only read; writers create it)."""
         if not self._check_is_cache():
-            raise SAError(f"cache root {self.url} does not exist; pass the cache folder with --root or set SA_CACHE "
+            raise SAError(f"cache root {self.url} does not exist; pass the cache folder with --cache or set SA_CACHE "
                           f"(`sa extract` creates a new one).")
 
     def _index_entries(self) -> dict[str, dict] | None:
         """The lab index entries (None when the root has none)."""
-        from sa.cache.index import read_index
-
         return read_index(self)
 
     def _manifest_at(self, path: str) -> dict | None:
@@ -255,7 +251,7 @@ class CacheRoot:
                 if not fs.exists(self.loc.path(ROOT_MARKER)):
                     fs.pipe_file(self.loc.path(ROOT_MARKER), json.dumps({"format": "sa-feature-cache", "version": 1}).encode())
         except OSError as exc:
-            raise SAError(f"cannot write to cache root {self.url} ({exc.strerror or exc}); pass a writable --root or set SA_CACHE.") from None
+            raise SAError(f"cannot write to cache root {self.url} ({exc.strerror or exc}); pass a writable --cache or set SA_CACHE.") from None
 
     # -- public API ----------------------------------------------------------------------
     def resolve(self, key: str) -> str:
@@ -284,7 +280,7 @@ class CacheRoot:
         close = difflib.get_close_matches(wanted, list(by_name), n=3, cutoff=0.5)
         close = list(dict.fromkeys(by_name[c] for c in close))
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise SAError(f"no cache group {key!r} under {self.url}; {hint}`sa cache ls --root {self.url}` lists the groups.")
+        raise SAError(f"no cache group {key!r} under {self.url}; {hint}`sa cache ls --cache {self.url}` lists the groups.")
 
     def status(self, key: str) -> str:
         """'missing', 'partial' or 'complete' for an exact '<image-set id>/<backbone key>'."""
@@ -318,8 +314,6 @@ class CacheRoot:
         request; complete groups only) and local roots scan the folders (partial
         groups too); True/False force either way.
         """
-        from sa.cache.index import info_of
-
         if use_index is None:
             use_index = not self.loc.local
         entries = self._index_entries() if use_index and self._check_is_cache() else None
@@ -357,7 +351,7 @@ class CacheRoot:
         try:
             self.loc.fs.makedirs(self._group_path(key), exist_ok=True)
         except OSError as exc:
-            raise SAError(f"cannot write to cache root {self.url} ({exc.strerror or exc}); pass a writable --root or set SA_CACHE.") from None
+            raise SAError(f"cannot write to cache root {self.url} ({exc.strerror or exc}); pass a writable --cache or set SA_CACHE.") from None
         writer_lock = WriterLock(self.loc.fs, self._group_path(key), self.loc.display(key)) if lock else None
         if writer_lock is not None:
             writer_lock.acquire()
@@ -498,8 +492,6 @@ class CacheRoot:
                 fs.rm(parent, recursive=True)
         except OSError as exc:
             raise SAError(f"cannot remove cache group {full} under {self.url} ({exc.strerror or exc}); check the root is writable.") from None
-        from sa.cache import index
-
         index.forget(self, full)
 
     def verify(self, key: str, *, progress: bool = True) -> list[str]:
@@ -784,8 +776,6 @@ class FeatureWriter:
         self.manifest = manifest
         self._record.clear()
         self.close()
-        from sa.cache import index
-
         index.record(self.root, self.key)
         return self.root.open(self.key)
 

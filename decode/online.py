@@ -2,7 +2,7 @@
 
 The pieces, each usable alone:
 - `OnlineDecoder`: the checkpoint with its gallery embedded once; one call per decision, the same
-  arithmetic as `sa decode` (sa.train.decode: prepare, embed, cosine, top-k).
+  arithmetic as `sa decode` (sa.decode.offline: prepare, embed, cosine, top-k).
 - `Epocher`: the recent EEG (checkpoint channels, by name) with timestamps; cuts the checkpoint's window
   at a marker time, resampling when the stream's rate differs, with an optional baseline.
 - `Evidence`: `--repeat N` accumulation per marker label (averaged trials, or averaged scores) and the
@@ -90,11 +90,11 @@ class OnlineDecoder:
     """A checkpoint with its gallery embedded once; each call embeds trials and ranks the gallery like `sa decode`."""
 
     def __init__(self, checkpoint: Any, gallery: Any, root: Any = None) -> None:
-        from sa.train.decode import as_checkpoint, embed, open_gallery
+        from sa.decode.offline import as_checkpoint, embed, open_gallery
 
         self.ckpt = as_checkpoint(checkpoint)
         group = open_gallery(self.ckpt, gallery, root)
-        # the gallery rows exactly as sa.train.decode.decode takes them
+        # the gallery rows exactly as sa.decode.offline.decode takes them
         skipped = set(group.manifest.get("skipped") or [])
         keep = np.asarray([i not in skipped for i in group.ids.tolist()])
         self.ids = group.ids[keep]
@@ -103,7 +103,7 @@ class OnlineDecoder:
         probe = np.zeros((1, self.ckpt.n_channels, self.ckpt.n_times), np.float32)
         _, self.zi = embed(self.ckpt, probe, feats)
         self.zi = np.ascontiguousarray(self.zi)
-        from sa.train.things import concepts_of_ids
+        from sa.brain.things import concepts_of_ids
 
         self.concepts = concepts_of_ids(self.ids.tolist())
         self.first = first_layer(self.ckpt)
@@ -119,12 +119,12 @@ class OnlineDecoder:
 
     def prepare(self, epoch: np.ndarray) -> np.ndarray:
         """(C, T) raw epoch on the checkpoint's channels and times -> (1, C, T) float32 z-scored, as in training."""
-        from sa.train.decode import prepare
+        from sa.decode.offline import prepare
 
         return prepare(self.ckpt, epoch[None])
 
     def embed(self, x: np.ndarray) -> np.ndarray:
-        """(n, C, T) prepared trials -> (n, d) L2-normalised embeddings (sa.train.decode.embed's brain half)."""
+        """(n, C, T) prepared trials -> (n, d) L2-normalised embeddings (sa.decode.offline.embed's brain half)."""
         import torch
         import torch.nn.functional as F
 
@@ -636,7 +636,7 @@ class StreamSession:
             self.log.write({"event": kind, "time": time.time(), "message": text})
 
     def _open_eeg(self, info: Any) -> Any:
-        from sa.train.decode import select_channels
+        from sa.decode.offline import select_channels
 
         if info.sfreq == 0:
             raise SAError(f"EEG stream {describe_stream(info)} has an irregular sampling rate; it must declare its "

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from sa.clikit import console, err_console, friendly
+from sa.clikit import cache_option, console, err_console, friendly
 from sa.errors import SAError
 
 
@@ -49,7 +49,7 @@ def _display(status: Any) -> Any:
 def stream_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint written by `sa train`."),
     gallery: Optional[str] = typer.Option(None, "--gallery", help="Cache key (or unique prefix) of the candidate images, extracted with the checkpoint's backbone."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Cache root of the gallery (default: the checkpoint's)."),
+    cache: Optional[str] = cache_option("Feature cache root of the gallery (default: $SA_CACHE, else the checkpoint's)."),
     eeg: Optional[str] = typer.Option(None, "--eeg", help="Name of the EEG stream (default: the one stream of type --eeg-type)."),
     eeg_type: str = typer.Option("EEG", "--eeg-type", help="Type of the EEG stream when --eeg is not given (case-insensitive)."),
     markers: Optional[str] = typer.Option(None, "--markers", help="Name of the marker stream of stimulus onsets."),
@@ -71,7 +71,7 @@ def stream_cmd(
     max_pending: int = typer.Option(64, "--max-pending", help="Markers that may wait for data; a burst beyond drops the oldest."),
     stall: float = typer.Option(2.0, "--stall", help="Seconds without EEG before the stream counts as stalled."),
     lost: float = typer.Option(10.0, "--lost", help="Seconds a vanished stream may take to come back before the session ends."),
-    wait: float = typer.Option(10.0, "--wait", help="Seconds to wait for the streams at start."),
+    connect_timeout: float = typer.Option(10.0, "--connect-timeout", help="Seconds to wait for the streams at start."),
     max_decisions: Optional[int] = typer.Option(None, "--max-decisions", help="End after this many decisions."),
     duration: Optional[float] = typer.Option(None, "--duration", help="End after this many seconds."),
     display: Optional[bool] = typer.Option(None, "--display/--no-display", help="Live panel (default: on a terminal); off prints one line per decision."),
@@ -106,7 +106,7 @@ def stream_cmd(
         eeg=StreamSpec(name=eeg) if eeg else StreamSpec(stype=eeg_type),
         markers=None if trigger else (StreamSpec(name=markers) if markers else StreamSpec(stype=marker_type)),
         trigger=trigger, options=opts, log=log, commands=commands, root=cache, outlet_name=outlet,
-        command_outlet_name=command_outlet, resolve_timeout=wait, notify=say)
+        command_outlet_name=command_outlet, resolve_timeout=connect_timeout, notify=say)
     if not live_on:
         session = StreamSession(checkpoint, gallery, notify=lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True),
                                 **{k: v for k, v in session_args.items() if k != "notify"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sa.train.synth import SynthOptions, make_synth, read_synth
+from sa.brain.synth import SynthOptions, make_synth, read_synth
 from sa.train.trainer import TrainConfig
 
 # THINGS-format EEG (2 subjects, 17 channels x 40 samples) simulated from MobileNetV2 (bundled weights) layer gap/09.

@@ -60,7 +60,7 @@ def test_unknown_key_and_not_a_cache(cache, tmp_path):
 def test_export_import_rm(cache, tmp_path):
     res = run("export", BKEY, str(tmp_path / "f.h5"))
     assert res.exit_code == 0, res.output
-    res = run("import", str(tmp_path / "f.h5"), "--root", str(tmp_path / "other"))
+    res = run("import", str(tmp_path / "f.h5"), "--cache", str(tmp_path / "other"))
     assert res.exit_code == 0, res.output
     assert open_root(tmp_path / "other").verify(KEY, progress=False) == []
     assert run("rm", BKEY).exit_code == 1  # asks, and no input means no

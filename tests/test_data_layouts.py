@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sa.errors import SAError
-from sa.train.channels import OCCIPITAL_PARIETAL
-from sa.train.data import open_dataset
+from sa.brain.channels import OCCIPITAL_PARIETAL
+from sa.brain.data import open_dataset
 
 N_TRAIN_CONCEPTS, PER_CONCEPT, N_TEST = 6, 2, 3
 CH = list(OCCIPITAL_PARIETAL) + ["Fz", "Cz"]

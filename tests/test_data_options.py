@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sa.errors import SAError
-from sa.train.channels import OCCIPITAL_PARIETAL
-from sa.train.data import align, align_features, open_dataset
+from sa.brain.channels import OCCIPITAL_PARIETAL
+from sa.brain.data import align, align_features, open_dataset
 
 CH = ["Fz", "Cz"] + list(OCCIPITAL_PARIETAL)
 TIMES = np.round(np.arange(-0.2, 0.8, 0.01), 3)  # 100 points at 100 Hz

@@ -10,8 +10,8 @@ from support_sweep import fast_config, synth_dataset
 from sa.cache import open_root
 from sa.errors import SAError
 from sa.train.checkpoint import load_checkpoint
-from sa.train.data import open_dataset
-from sa.train.decode import decode, decode_dataset
+from sa.brain.data import open_dataset
+from sa.decode.offline import decode, decode_dataset
 from sa.train.sweep import train_one
 
 

@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from sa.cache import open_root
 from sa.errors import SAError
-from sa.train.demo import DemoSettings, check_settings, layer_ranking, run_demo
-from sa.train.synth import bundled_mobilenet_weights
+from sa.demo import DemoSettings, check_settings, layer_ranking, run_demo
+from sa.brain.synth import bundled_mobilenet_weights
 
 needs_weights = pytest.mark.skipif(bundled_mobilenet_weights() is None, reason="needs the bundled MobileNetV2 weights")
 
-ARGS = ["--quick", "--subjects", "2", "--seeds", "2", "--epochs", "20", "--seed", "0"]
+ARGS = ["--quick", "--n-subjects", "2", "--seeds", "2", "--epochs", "20", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def demo_run(tmp_path_factory):
     """One quick `sa demo` through the CLI (the expensive part, shared by the tests below)."""
     import typer
 
-    from sa.train import demo_cli
+    from sa import demo as demo_cli
 
     app = typer.Typer()
     demo_cli.register(app)

@@ -110,11 +110,11 @@ needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="needs user namesp
 def test_export_of_a_corrupted_group_fails_and_writes_no_file(lab, tmp_path):
     out = tmp_path / "g.h5"
     _flip(_chunk(lab, "mean/01", 2))
-    failed(cli("export", bkey(0), str(out), "--root", str(lab)), 1,
+    failed(cli("export", bkey(0), str(out), "--cache", str(lab)), 1,
            "cannot export cache group", "array 'mean/01' is damaged (digest differs)", "no file was written")
     assert not out.exists() and not Path(f"{out}.partial").exists()
     _chunk(lab, "mean/01", 2).unlink()
-    failed(cli("export", bkey(0), str(out), "--root", str(lab)), 1, "array 'mean/01' is damaged (chunk 2 is missing)")
+    failed(cli("export", bkey(0), str(out), "--cache", str(lab)), 1, "array 'mean/01' is damaged (chunk 2 is missing)")
     assert not out.exists() and not Path(f"{out}.partial").exists()
 
 
@@ -130,7 +130,7 @@ def test_push_checks_digests_as_it_reads_and_stops_at_the_bad_array(lab, tmp_pat
     shared = open_root(tmp_path / "shared")
     assert shared.status(KEY) == "partial" and KEY not in (read_index(shared) or {})
     assert not list((tmp_path / "shared" / ISET / bkey(0) / "cls/01").rglob("c/*/0"))  # the bad array's copy is gone
-    res = cli("push", bkey(0), str(tmp_path / "shared"), "--root", str(lab))
+    res = cli("push", bkey(0), str(tmp_path / "shared"), "--cache", str(lab))
     failed(res, 1, "array 'cls/01' did not match its digest", "the copy stopped and stays partial")
     assert shared.status(KEY) == "partial"
 
@@ -139,7 +139,7 @@ def test_pull_over_http_of_a_group_with_a_missing_chunk_fails_and_stays_partial(
     _chunk(lab, "final", 2).unlink()
     mine = tmp_path / "mine"
     with http_server(lab) as (url, _):
-        failed(cli("pull", KEY, url, "--root", str(mine)), 1,
+        failed(cli("pull", KEY, url, "--cache", str(mine)), 1,
                f"cache group {KEY} under {url} is damaged: its file final/c/2/0 is missing", "stays partial")
     assert open_root(mine).status(KEY) == "partial" and KEY not in (read_index(open_root(mine)) or {})
 
@@ -154,31 +154,31 @@ def test_missing_chunk_over_http_is_named_not_read_as_nan(lab):
                      lambda: group.dask("final").compute()):
             with pytest.raises(CorruptChunk, match=message):
                 read()
-        failed(cli("verify", "--root", url), 1, "1 group(s) failed verification", "final (chunk 2 is missing)")
-        failed(cli("export", KEY, "x.h5", "--root", url), 1, "array 'final' is damaged (chunk 2 is missing)")
+        failed(cli("verify", "--cache", url), 1, "1 group(s) failed verification", "final (chunk 2 is missing)")
+        failed(cli("export", KEY, "x.h5", "--cache", url), 1, "array 'final' is damaged (chunk 2 is missing)")
 
 
 # -- damaged metadata shows as damaged ---------------------------------------------------------------
 def test_group_whose_zarr_json_was_deleted_is_damaged_everywhere_and_removable(lab):
     (lab / ISET / bkey(0) / "zarr.json").unlink()
     assert KEY in read_index(open_root(lab))  # the lab index still lists it as complete
-    failed(cli("verify", "--root", str(lab)), 1, "1 group(s) failed verification", KEY, "zarr.json is missing")
-    failed(cli("verify", bkey(0), "--root", str(lab)), 1, "zarr.json is missing")
-    failed(cli("info", KEY, "--root", str(lab)), 1, f"cache group {KEY}", "is damaged", f"sa cache rm {KEY}")
+    failed(cli("verify", "--cache", str(lab)), 1, "1 group(s) failed verification", KEY, "zarr.json is missing")
+    failed(cli("verify", bkey(0), "--cache", str(lab)), 1, "zarr.json is missing")
+    failed(cli("info", KEY, "--cache", str(lab)), 1, f"cache group {KEY}", "is damaged", f"sa cache rm {KEY}")
     res = cli("ls", str(lab))
     assert res.exit_code == 0 and "damaged" in res.output, res.output
     assert f"1 damaged group(s) under {lab}: {KEY} (its zarr.json is missing)" in res.output.replace("\n", "")
     with pytest.raises(DamagedError, match="zarr.json"):
         open_root(lab).open(KEY)
     with http_server(lab) as (url, _):  # served, the index still lists it: pull and verify say it is damaged
-        failed(cli("pull", KEY, url, "--root", str(lab.parent / "mine")), 1, "is damaged", "zarr.json) is missing")
-        failed(cli("verify", "--root", url), 1, "metadata (its zarr.json is missing)")
+        failed(cli("pull", KEY, url, "--cache", str(lab.parent / "mine")), 1, "is damaged", "zarr.json) is missing")
+        failed(cli("verify", "--cache", url), 1, "metadata (its zarr.json is missing)")
     assert not (lab.parent / "mine" / ISET).exists()
     failed(cli("reindex", str(lab)), 1, "1 damaged group(s) left out of the index", KEY, "sa cache rm KEY")
     assert read_index(open_root(lab)) == {}  # never indexed as complete again
-    res = cli("rm", KEY, "--yes", "--root", str(lab))
+    res = cli("rm", KEY, "--yes", "--cache", str(lab))
     assert res.exit_code == 0 and not (lab / ISET / bkey(0)).exists(), res.output
-    res = cli("verify", "--root", str(lab))
+    res = cli("verify", "--cache", str(lab))
     assert res.exit_code == 0 and "No complete groups" in res.output
 
 
@@ -196,20 +196,20 @@ def test_group_with_torn_zarr_json_is_listed_damaged_and_removable(lab):
     (lab / ISET / bkey(0) / "zarr.json").write_text('{"attributes": {"sa": {"stat')
     res = cli("ls", str(lab))
     assert res.exit_code == 0 and "damaged" in res.output and "complete" in res.output, res.output
-    failed(cli("verify", "--root", str(lab)), 1, f"{KEY}: metadata (its zarr.json is not valid JSON)")
-    failed(cli("info", KEY, "--root", str(lab)), 1, "is not a valid zarr.json")
-    failed(cli("push", KEY, str(lab.parent / "shared"), "--root", str(lab)), 1, "is not a valid zarr.json")
-    res = cli("rm", KEY, "--yes", "--root", str(lab))
+    failed(cli("verify", "--cache", str(lab)), 1, f"{KEY}: metadata (its zarr.json is not valid JSON)")
+    failed(cli("info", KEY, "--cache", str(lab)), 1, "is not a valid zarr.json")
+    failed(cli("push", KEY, str(lab.parent / "shared"), "--cache", str(lab)), 1, "is not a valid zarr.json")
+    res = cli("rm", KEY, "--yes", "--cache", str(lab))
     assert res.exit_code == 0 and not (lab / ISET / bkey(0)).exists(), res.output
-    res = cli("verify", "--root", str(lab))
+    res = cli("verify", "--cache", str(lab))
     assert res.exit_code == 0 and "ok" in res.output and good in res.output
 
 
 def test_commands_on_a_root_that_does_not_exist_fail_and_create_nothing(tmp_path):
     nope = tmp_path / "nope"
-    for args in (["ls", str(nope)], ["verify", "--root", str(nope)], ["reindex", str(nope)],
-                 ["info", "tiny", "--root", str(nope)], ["rm", "tiny", "--yes", "--root", str(nope)]):
-        failed(cli(*args), 2, f"cache root {nope} does not exist", "--root")
+    for args in (["ls", str(nope)], ["verify", "--cache", str(nope)], ["reindex", str(nope)],
+                 ["info", "tiny", "--cache", str(nope)], ["rm", "tiny", "--yes", "--cache", str(nope)]):
+        failed(cli(*args), 2, f"cache root {nope} does not exist", "--cache")
     assert not nope.exists()
 
 
@@ -232,7 +232,7 @@ def _set_values(lab: Path, name: str, data: np.ndarray, *, dtype: str = "float16
 
 def test_verify_fails_nan_or_inf_in_float16_and_float32_arrays_naming_array_row_and_image(lab):
     data = full_data()
-    assert cli("verify", "--root", str(lab)).exit_code == 0
+    assert cli("verify", "--cache", str(lab)).exit_code == 0
     f16 = data["cls/01"].copy()
     f16[70, 3] = np.inf
     _set_values(lab, "cls/01", f16)
@@ -241,7 +241,7 @@ def test_verify_fails_nan_or_inf_in_float16_and_float32_arrays_naming_array_row_
     f32[9, 1] = -np.inf
     _set_values(lab, "mean/00", f32, dtype="float32")
     assert open_root(lab).open(KEY).read("mean/00").dtype == np.float32
-    line = failed(cli("verify", KEY, "--root", str(lab)), 1, "1 group(s) failed verification")
+    line = failed(cli("verify", KEY, "--cache", str(lab)), 1, "1 group(s) failed verification")
     assert f"cls/01 (holds 1 NaN/Inf value(s) (first in row 70, image '{ids()[70]}'))" in line
     assert f"mean/00 (holds 2 NaN/Inf value(s) (first in row 5, image '{ids()[5]}'))" in line
     assert "mean/01" not in line and "final" not in line
@@ -251,17 +251,17 @@ def test_verify_accepts_the_nan_rows_of_skipped_images(lab):
     data = full_data()["final"].copy()
     data[12] = np.nan
     _set_values(lab, "final", data, skipped=[ids()[12]])
-    res = cli("verify", "--root", str(lab))
+    res = cli("verify", "--cache", str(lab))
     assert res.exit_code == 0 and "ok" in res.output, res.output
     data[13, 0] = np.nan  # but not a NaN in a row that was read
     _set_values(lab, "final", data, skipped=[ids()[12]])
-    failed(cli("verify", "--root", str(lab)), 1, "final (holds 1 NaN/Inf value(s) (first in row 13")
+    failed(cli("verify", "--cache", str(lab)), 1, "final (holds 1 NaN/Inf value(s) (first in row 13")
 
 
 # -- unreachable servers and missing credentials -----------------------------------------------------------
 def test_unreachable_http_root_says_it_cannot_be_reached(lab, tmp_path):
     url = f"http://127.0.0.1:{free_port()}/cache"
-    for args in (["ls", url], ["verify", "--root", url], ["pull", KEY, url, "--root", str(tmp_path / "mine")]):
+    for args in (["ls", url], ["verify", "--cache", url], ["pull", KEY, url, "--cache", str(tmp_path / "mine")]):
         failed(cli(*args), 2, f"cannot reach cache root {url}", "check that the server is running")
     assert not (tmp_path / "mine" / ISET).exists()
     with http_server(lab / ISET) as (served, _):  # answers, but is not a cache root: a different sentence
@@ -272,8 +272,8 @@ def test_http_server_errors_are_said_as_such_not_as_damage(lab, tmp_path):
     with http_server(lab, fails=lambda path: True, status=403) as (url, _):
         failed(cli("ls", url), 2, f"cache root {url} answered HTTP 403", "lets you read it")
     with http_server(lab, fails=lambda path: "/final/c/" in path) as (url, _):
-        failed(cli("verify", "--root", url), 2, "The server answered HTTP 500", "/final/c/0/0")
-        failed(cli("pull", KEY, url, "--root", str(tmp_path / "mine")), 2, "The server answered HTTP 500")
+        failed(cli("verify", "--cache", url), 2, "The server answered HTTP 500", "/final/c/0/0")
+        failed(cli("pull", KEY, url, "--cache", str(tmp_path / "mine")), 2, "The server answered HTTP 500")
     assert open_root(tmp_path / "mine").status(KEY) == "partial"
 
 
@@ -308,11 +308,11 @@ def test_s3_root_without_credentials_or_unreachable_is_one_sentence(lab, s3_endp
     boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                  region_name="us-east-1").create_bucket(Bucket=bucket)
     url = f"s3://{bucket}/features"
-    proc = subprocess.run([*SA, "cache", "push", bkey(0), url, "--root", str(lab)], capture_output=True, text=True,
+    proc = subprocess.run([*SA, "cache", "push", bkey(0), url, "--cache", str(lab)], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     bare = _aws_env(s3_endpoint, creds=False)
-    for args in (["ls", url], ["verify", "--root", url], ["push", bkey(0), f"s3://{bucket}/other", "--root", str(lab)]):
+    for args in (["ls", url], ["verify", "--cache", url], ["push", bkey(0), f"s3://{bucket}/other", "--cache", str(lab)]):
         proc = subprocess.run([*SA, "cache", *args], capture_output=True, text=True, env=bare, timeout=120)
         proc_failed(proc, 2, "No usable cloud credentials (NoCredentialsError)", "AWS_ACCESS_KEY_ID")
     down = _aws_env(f"http://127.0.0.1:{free_port()}", creds=True)
@@ -337,10 +337,10 @@ def _wide_group(root_dir: Path) -> None:
 def test_file_size_limit_names_the_group_and_the_space_and_the_rerun_resumes(lab, tmp_path):
     _wide_group(lab)
     exported = tmp_path / "g.h5"
-    assert cli("export", WIDE, str(exported), "--root", str(lab)).exit_code == 0
+    assert cli("export", WIDE, str(exported), "--cache", str(lab)).exit_code == 0
     limit = 16384  # the group's metadata and ids fit; one chunk file does not
-    for verb, args in (("import", ["cache", "import", str(exported), "--root", str(tmp_path / "a")]),
-                       ("pull", ["cache", "pull", WIDE, str(lab), "--root", str(tmp_path / "b")])):
+    for verb, args in (("import", ["cache", "import", str(exported), "--cache", str(tmp_path / "a")]),
+                       ("pull", ["cache", "pull", WIDE, str(lab), "--cache", str(tmp_path / "b")])):
         proc = sa_run(*args, limit_fsize=limit)
         proc_failed(proc, 2, "file-size limit (ulimit -f) while writing", f"{WIDE} (this needs about",
                     "finished work is kept and the job resumes")
@@ -350,15 +350,15 @@ def test_file_size_limit_names_the_group_and_the_space_and_the_rerun_resumes(lab
         assert proc.returncode == 0, proc.stderr
         assert dest.status(WIDE) == "complete" and dest.verify(WIDE, progress=False) == []
     out = tmp_path / "again.h5"
-    proc = sa_run("cache", "export", WIDE, str(out), "--root", str(lab), limit_fsize=limit)
+    proc = sa_run("cache", "export", WIDE, str(out), "--cache", str(lab), limit_fsize=limit)
     proc_failed(proc, 2, f"while writing {out} (this needs about", "nothing half-written was kept")
     assert not out.exists() and not Path(f"{out}.partial").exists()
 
 
 def test_ids_cut_short_never_completes_a_group(lab, tmp_path):
     exported = tmp_path / "g.h5"
-    assert cli("export", KEY, str(exported), "--root", str(lab)).exit_code == 0
-    args = ["cache", "import", str(exported), "--root", str(tmp_path / "a")]
+    assert cli("export", KEY, str(exported), "--cache", str(lab)).exit_code == 0
+    args = ["cache", "import", str(exported), "--cache", str(tmp_path / "a")]
     proc_failed(sa_run(*args, limit_fsize=8192), 2, "file-size limit")  # the 12 KiB ids file is cut short
     proc = sa_run(*args)
     dest = open_root(tmp_path / "a")
@@ -373,8 +373,8 @@ def test_ids_cut_short_never_completes_a_group(lab, tmp_path):
                    "its chunk was never written, so a resume after a full disk during create cannot finish the group")
 def test_rerun_after_ids_were_cut_short_resumes(lab, tmp_path):
     exported = tmp_path / "g.h5"
-    assert cli("export", KEY, str(exported), "--root", str(lab)).exit_code == 0
-    args = ["cache", "import", str(exported), "--root", str(tmp_path / "a")]
+    assert cli("export", KEY, str(exported), "--cache", str(lab)).exit_code == 0
+    args = ["cache", "import", str(exported), "--cache", str(tmp_path / "a")]
     assert sa_run(*args, limit_fsize=8192).returncode == 2
     assert sa_run(*args).returncode == 0
 
@@ -392,16 +392,16 @@ _STATUS = "from sa.cache import open_root; from sa.cache.index import read_index
 @needs_unshare
 def test_full_disk_while_importing_or_pulling_keeps_the_group_partial(lab, tmp_path):
     exported = tmp_path / "g.h5"
-    assert cli("export", KEY, str(exported), "--root", str(lab)).exit_code == 0
+    assert cli("export", KEY, str(exported), "--cache", str(lab)).exit_code == 0
     disk = tmp_path / "disk"
     disk.mkdir()
     py = sys.executable
     script = textwrap.dedent(f"""
         mount -t tmpfs -o size=64k tmpfs {disk}
-        {py} -m sa.cli cache import {exported} --root {disk}/a || echo "RC $?"
+        {py} -m sa.cli cache import {exported} --cache {disk}/a || echo "RC $?"
         {py} -c "{_STATUS}" {disk}/a {KEY}
         rm -rf {disk}/a
-        {py} -m sa.cli cache pull {KEY} {lab} --root {disk}/b || echo "RC $?"
+        {py} -m sa.cli cache pull {KEY} {lab} --cache {disk}/b || echo "RC $?"
         {py} -c "{_STATUS}" {disk}/b {KEY}
     """)
     proc = _in_namespace(script)
@@ -423,8 +423,8 @@ def test_reindex_and_writes_on_a_read_only_mount_are_one_sentence(lab):
         mount --bind {lab} {lab}
         mount -o remount,bind,ro {lab}
         {py} -m sa.cli cache reindex {lab} || echo "RC $?"
-        {py} -m sa.cli cache rm {KEY} --yes --root {lab} || echo "RC $?"
-        {py} -m sa.cli cache verify --root {lab} && echo "VERIFY OK"
+        {py} -m sa.cli cache rm {KEY} --yes --cache {lab} || echo "RC $?"
+        {py} -m sa.cli cache verify --cache {lab} && echo "VERIFY OK"
     """)
     proc = _in_namespace(script)
     out = proc.stdout + proc.stderr
@@ -443,8 +443,8 @@ def test_reindex_and_remove_on_a_root_without_write_permission_are_one_sentence(
         folder.chmod(0o555)
     try:
         failed(cli("reindex", str(lab)), 2, "ermission denied", "fix its permissions")
-        failed(cli("rm", KEY, "--yes", "--root", str(lab)), 2)
-        assert cli("verify", "--root", str(lab)).exit_code == 0
+        failed(cli("rm", KEY, "--yes", "--cache", str(lab)), 2)
+        assert cli("verify", "--cache", str(lab)).exit_code == 0
     finally:
         for folder in folders:
             folder.chmod(0o755)
@@ -472,7 +472,7 @@ def test_ctrl_c_during_pull_exits_130_keeps_the_copy_partial_and_the_rerun_resum
             self.on_file = on_file
 
         share.GroupCopy.__init__ = init
-        sys.argv = ["sa", "cache", "pull", {KEY!r}, {str(lab)!r}, "--root", {str(mine)!r}]
+        sys.argv = ["sa", "cache", "pull", {KEY!r}, {str(lab)!r}, "--cache", {str(mine)!r}]
         from sa.cli import main
         main()
     """)
@@ -482,7 +482,7 @@ def test_ctrl_c_during_pull_exits_130_keeps_the_copy_partial_and_the_rerun_resum
     dest = open_root(mine)
     assert dest.status(KEY) == "partial" and KEY not in (read_index(dest) or {})
     assert not (mine / ISET / bkey(0) / "writer.lock").exists()
-    res = cli("pull", KEY, str(lab), "--root", str(mine))
+    res = cli("pull", KEY, str(lab), "--cache", str(mine))
     assert res.exit_code == 0 and "already there" in res.output, res.output
     assert dest.verify(KEY, progress=False) == []
     assert json.loads((mine / ISET / bkey(0) / "zarr.json").read_text())["attributes"]["sa"]["status"] == "complete"

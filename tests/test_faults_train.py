@@ -187,7 +187,7 @@ def test_report_folder_that_cannot_be_written(results, tmp_path):
 def test_a_report_cut_short_leaves_no_results_md(results, tmp_path, monkeypatch):
     import errno
 
-    import sa.train.report as report
+    import sa.report.figures as report
 
     out = tmp_path / "rep"
     out.mkdir()
@@ -226,7 +226,7 @@ def test_diverged_runs_are_marked_not_scored_zero(synth, tmp_path):
 
 
 def test_decode_names_a_missing_channel_and_an_option_that_exists(synth, tmp_path):
-    from sa.train.synth import write_subject
+    from sa.brain.synth import write_subject
 
     path, info = synth
     ckpt = tmp_path / "m.safetensors"
@@ -257,7 +257,7 @@ def test_demo_out_that_is_a_file(tmp_path):
 
 
 def test_demo_without_the_weights_says_how_to_install_them(tmp_path, monkeypatch):
-    import sa.train.demo as demo
+    import sa.demo as demo
 
     monkeypatch.setattr(demo, "bundled_mobilenet_weights", lambda: None)
     line = one_sentence(run(["demo", "--out", tmp_path / "d", "--quick"]), 1,
@@ -267,7 +267,7 @@ def test_demo_without_the_weights_says_how_to_install_them(tmp_path, monkeypatch
 
 
 def test_demo_exits_1_when_the_planted_layer_is_not_recovered(tmp_path, monkeypatch):
-    import sa.train.demo as demo
+    import sa.demo as demo
 
     def fake(out, **kw):
         return demo.DemoResult(out=Path(out), data=Path(out), cache=Path(out), results=Path(out), report=Path(out) / "r.md",

@@ -25,7 +25,7 @@ from torchvision.models.feature_extraction import create_feature_extractor  # no
 from sa.cli import app  # noqa: E402
 from sa.errors import SAError  # noqa: E402
 from sa.extract import extract  # noqa: E402
-from sa.train.synth import bundled_mobilenet_weights  # noqa: E402
+from sa.brain.synth import bundled_mobilenet_weights  # noqa: E402
 from support_fidelity import assert_group_matches, batch, photo_dir, pil_images, save_weights  # noqa: E402
 
 # arch -> (layer nodes, 0 first; the node whose output the last Linear reads)

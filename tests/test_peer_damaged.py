@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import support_peers as peers
 from sa.errors import DamagedError, SAError
-from sa.train.data import open_dataset
+from sa.brain.data import open_dataset
 
 runner = CliRunner()
 
@@ -86,7 +86,7 @@ def test_truncated_nice_pickle(tmp_path):
     peers.write_nice_atm(d, *peers.eeg(2, 6, 250))
     f = d / "preprocessed_eeg_test.npy"
     _, n = cut(f, 0.7)
-    assert_truncated(check(tmp_path / "Preprocessed_data_250Hz", "--no-scan"), f, n)
+    assert_truncated(check(tmp_path / "Preprocessed_data_250Hz", "--no-values"), f, n)
 
 
 def test_truncated_neurobridge_npy_array_exact_size(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sa.train.data import open_dataset
+from sa.brain.data import open_dataset
 import support_peers as peers
 
 runner = CliRunner()
@@ -294,7 +294,7 @@ def test_large_payloads_are_memory_mapped(tmp_path, monkeypatch):
     """Every container (protocol 3 BINBYTES, protocol 4 BINBYTES8, torch's protocol 5 BYTEARRAY8 and tensor
     storages) gives read-only np.memmap views equal to what pickle/torch load."""
     torch = pytest.importorskip("torch")
-    from sa.train import pickled
+    from sa.brain import pickled
 
     monkeypatch.setattr(pickled, "MMAP_MIN_BYTES", 1 << 16)
     tr, te = peers.eeg(40, 6, 250)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import support_peers as peers
 from sa.errors import SAError
-from sa.train.data import open_dataset
+from sa.brain.data import open_dataset
 
 mne = pytest.importorskip("mne")
 runner = CliRunner()
@@ -85,16 +85,19 @@ def test_fif_ids_from_the_peers_image_folder(meg):
 
 
 def test_fif_metadata_elsewhere_needs_meta(tmp_path):
+    # The search looks 4 folders up: nest the data so that every folder it reaches is this test's own (other
+    # tests' THINGS metadata under pytest's shared temp root would otherwise be found).
+    lab = tmp_path / "lab" / "projects" / "things" / "raw"
     m = peers.make_things_meg(1)
-    fif = peers.write_things_meg_fif(tmp_path / "meg", m, split_size="2GB")
+    fif = peers.write_things_meg_fif(lab / "meg", m, split_size="2GB")
     meta = peers.write_things_meta(tmp_path / "downloads" / "2023" / "things" / "THINGS-metadata", m)
     from sa.cli import app
 
-    res = runner.invoke(app, ["data", "check", str(tmp_path / "meg")])
+    res = runner.invoke(app, ["data", "check", str(lab / "meg")])
     assert res.exit_code == 1 and "Traceback" not in res.output
     text = " ".join(res.output.split())
     assert "no image_concept_index.csv found" in text and "pass --meta" in text
-    res = runner.invoke(app, ["data", "check", str(tmp_path / "meg"), "--meta", str(meta)])
+    res = runner.invoke(app, ["data", "check", str(lab / "meg"), "--meta", str(meta)])
     assert res.exit_code == 0, res.output
     ds = open_dataset(fif, meta=meta)
     assert ds.raw(1).test.image_ids.tolist() == [m.image_path(n)[len("images/"):] for n in m.test_nrs]

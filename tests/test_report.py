@@ -112,7 +112,7 @@ def test_markdown_tables_hold_the_numbers(tmp_path):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from sa.train.report import write_report
+    from sa.report.figures import write_report
 
     root = tmp_path_factory.mktemp("results")
     rd = ResultsDir(root)
@@ -141,7 +141,7 @@ def test_report_writes_every_figure_and_the_markdown(report):
 
 
 def test_loss_curves_average_seeds_and_subjects():
-    from sa.train.report import _mean_curves
+    from sa.report.figures import _mean_curves
 
     runs = [{"run_id": r, "backbone": "b", "pool": "mean", "layer": "02"} for r in ("r1", "r2")]
     curves = [{"run_id": "r1", "epoch": 1, "train_loss": 2.0, "val_loss": 3.0},
@@ -228,7 +228,7 @@ def test_headline_counts_only_subjects_with_a_result(tmp_path):
 def test_report_says_what_it_assumes_for_an_old_runs_csv(tmp_path):
     import csv
 
-    from sa.train.report import write_report
+    from sa.report.figures import write_report
     from sa.train.results import LEGACY_RUN_COLUMNS
 
     rd = ResultsDir(tmp_path / "res")

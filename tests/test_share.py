@@ -57,9 +57,9 @@ def test_http_root_reads_ls_info_verify_and_training_rows_without_listing(lab):
         assert root.verify(KEY, progress=False) == []
         res = run("ls", url)
         assert res.exit_code == 0 and bkey(0) in res.output and "complete" in res.output, res.output
-        res = run("info", KEY, "--root", url, "--json")
+        res = run("info", KEY, "--cache", url, "--json")
         assert res.exit_code == 0 and json.loads(res.output)["arrays"]["final"]["digest"].startswith("sha256:")
-        res = run("verify", "--root", url)
+        res = run("verify", "--cache", url)
         assert res.exit_code == 0 and "ok" in res.output, res.output
         # every request named a file: no directory listing was needed
         assert requests and all(not p.endswith("/") and (lab / p.lstrip("/")).is_file() for p in requests), requests
@@ -87,7 +87,7 @@ def test_http_verify_names_a_corrupted_array(lab):
     chunk.write_bytes(bytes(raw))
     with http_server(lab) as (url, _):
         assert open_root(url).verify(KEY, progress=False) == ["cls/01"]
-        res = run("verify", KEY, "--root", url)
+        res = run("verify", KEY, "--cache", url)
         assert res.exit_code == 1 and "cls/01" in res.output
 
 
@@ -124,7 +124,7 @@ def test_read_only_local_root_reads_and_refuses_every_write(lab, tmp_path):
         assert [i.key for i in root.list()] == [KEY] and root.info(KEY).status == "complete"
         np.testing.assert_array_equal(root.open(KEY).read("mean/00", slice(3, 200)), full_data()["mean/00"][3:200])
         assert root.verify(KEY, progress=False) == []
-        assert run("ls", str(lab)).exit_code == 0 and run("verify", "--root", str(lab)).exit_code == 0
+        assert run("ls", str(lab)).exit_code == 0 and run("verify", "--cache", str(lab)).exit_code == 0
         writes = {
             "create": lambda: make_group(root, 2),
             "open_writer": lambda: root.open_writer(KEY),
@@ -166,15 +166,15 @@ def test_push_then_pull_roundtrip_and_refusals(lab, tmp_path):
 
 def test_push_pull_reindex_cli(lab, tmp_path):
     shared = tmp_path / "shared"
-    res = run("push", bkey(0), str(shared), "--root", str(lab))
+    res = run("push", bkey(0), str(shared), "--cache", str(lab))
     assert res.exit_code == 0 and "digests verified" in res.output, res.output
-    res = run("pull", KEY, str(shared), "--root", str(tmp_path / "mine"))
+    res = run("pull", KEY, str(shared), "--cache", str(tmp_path / "mine"))
     assert res.exit_code == 0 and "Pulled" in res.output, res.output
     (shared / INDEX_NAME).unlink()
     res = run("reindex", str(shared))
     assert res.exit_code == 0 and "1 complete group" in res.output
     assert list(read_index(open_root(shared))) == [KEY]
-    res = run("push", bkey(0), "http://127.0.0.1:9/cache", "--root", str(lab))
+    res = run("push", bkey(0), "http://127.0.0.1:9/cache", "--cache", str(lab))
     assert res.exit_code == 2 and "read-only" in res.output
 
 

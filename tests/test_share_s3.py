@@ -99,11 +99,11 @@ def test_cli_push_ls_verify_pull_with_the_endpoint_from_the_environment(local, b
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     monkeypatch.setenv("COLUMNS", "200")
     run = CliRunner().invoke
-    res = run(app, ["cache", "push", bkey(0), url, "--root", local.url])
+    res = run(app, ["cache", "push", bkey(0), url, "--cache", local.url])
     assert res.exit_code == 0 and "digests verified" in res.output, res.output
     res = run(app, ["cache", "ls", url])
     assert res.exit_code == 0 and bkey(0) in res.output, res.output
-    res = run(app, ["cache", "verify", "--root", url])
+    res = run(app, ["cache", "verify", "--cache", url])
     assert res.exit_code == 0 and "ok" in res.output, res.output
-    res = run(app, ["cache", "pull", KEY, url, "--root", str(tmp_path / "back")])
+    res = run(app, ["cache", "pull", KEY, url, "--cache", str(tmp_path / "back")])
     assert res.exit_code == 0 and "Pulled" in res.output, res.output

@@ -1,5 +1,5 @@
 """Online decoding over LSL on loopback: a recording replayed live by mne-lsl's PlayerLSL is decoded epoch by
-epoch, and each decision must equal `sa decode` (sa.train.decode.decode) on the epochs mne cuts offline."""
+epoch, and each decision must equal `sa decode` (sa.decode.offline.decode) on the epochs mne cuts offline."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from sa.decode.lsl import StreamSpec, find_stream
 from sa.decode.online import OnlineOptions, StreamSession, read_session_log
-from sa.train.decode import decode
+from sa.decode.offline import decode
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*End of file reached with an empty chunk")

@@ -179,7 +179,7 @@ def _app() -> typer.Typer:
 
 
 def _bad(args: list[str], expect: str, log: Path) -> None:
-    res = CliRunner().invoke(_app(), ["stream", *args, "--log", str(log), "--wait", "1.5", "--no-display"])
+    res = CliRunner().invoke(_app(), ["stream", *args, "--log", str(log), "--connect-timeout", "1.5", "--no-display"])
     out = res.output
     assert res.exit_code == 2, out
     assert expect in out, out

@@ -8,7 +8,7 @@ from support_sweep import fast_config, metrics, synth_dataset
 
 from sa.cache import open_root
 from sa.errors import SAError
-from sa.train.data import open_dataset
+from sa.brain.data import open_dataset
 from sa.train.features import expand_layers, resolve_group
 from sa.train.results import ResultsDir
 from sa.train.sweep import sweep
@@ -161,7 +161,7 @@ def test_bad_seeds_are_one_clear_error():
 
 def test_degenerate_layers_are_flagged_never_chosen_and_nonfinite_ones_not_trained(synth, tmp_path):
     """A cache whose layers are: the planted features, constant, near-constant (a few float16 levels), NaN."""
-    from sa.train.report import write_report
+    from sa.report.figures import write_report
 
     path, info = synth
     src = open_root(info["planted"]["cache"]).open(info["planted"]["cache_key"])

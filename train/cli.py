@@ -1,4 +1,4 @@
-"""`sa sweep`, `sa train` and `sa decode`: thin typer wrappers over sa.train.sweep and sa.train.decode."""
+"""`sa sweep` and `sa train`: thin typer wrappers over sa.train.sweep."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from typing import Optional
 
 import typer
 
-from sa.clikit import console, friendly
+from sa.clikit import (cache_option, console, data_option, device_option, friendly, images_option, layout_option,
+                       meta_option, quiet_option)
 from sa.train.results import DEFAULT_SELECT, SELECT_RULES
 
-DATA_HELP = "Brain dataset folder (THINGS-EEG2 official/NICE/UBP/NeuroBridge, THINGS-MEG, own arrays); see `sa data check`."
-CACHE_HELP = "Feature cache root (path or fsspec URL); default $SA_CACHE or ~/.cache/sa/features."
 
 
 def _config(encoder: str, epochs: int, batch_size: int, lr: float, weight_decay: float, embed_dim: int,
@@ -38,35 +37,33 @@ def _window(): return typer.Option(None, "--window", help="Time window 'tmin,tma
 def _single(): return typer.Option(False, "--single-trials", help="Train on single trials instead of repetition averages (test stays averaged).")  # noqa: E704
 def _valf(): return typer.Option(0.1, "--val-fraction", help="Share of training concepts held out for validation (layer and epoch selection).")  # noqa: E704
 def _split_seed(): return typer.Option(0, "--split-seed", help="Seed of the choice of validation concepts.")  # noqa: E704
-def _device(): return typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")  # noqa: E704
 def _prec(): return typer.Option("auto", "--precision", help="auto, fp32 or bf16 (training autocast).")  # noqa: E704
 def _pool(): return typer.Option("auto", "--pool", help="Pooling: mean, cls or gap; auto = mean for token models, gap for CNNs.")  # noqa: E704
-def _gallery(): return typer.Option(None, "--gallery-cache", help="Score against concept centres: a cache key (or image-set id) of other images of each test concept.")  # noqa: E704
-def _layout(): return typer.Option("auto", "--layout", help="Force a data layout (default: detect).")  # noqa: E704
-def _images(): return typer.Option(None, "--images", help="THINGS image root (training_images/, test_images/) if not next to the data.")  # noqa: E704
+def _gallery(): return typer.Option(None, "--gallery", help="Score against concept centres: a cache key (or image-set id) of other images of each test concept.")  # noqa: E704
 
 
 def sweep_cmd(
-    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    data: Path = data_option(),
     backbone: list[str] = typer.Option(..., "--backbone", "-b", help="Cache key, unique prefix or alias (e.g. clip-vit-b16); repeat or comma-separate for several."),
-    cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
+    cache: Optional[str] = cache_option(),
     layers: str = typer.Option("all", "--layers", help="all | final | 1,4,8 | every:4 (the final layer is always added as the baseline)."),
     pool: str = _pool(),
     encoders: str = typer.Option("eegproject", "--encoders", help="Comma list of brain encoders (eegproject, linear, tsconv, atms, eegnet, shallownet, eegconformer)."),
     subjects: str = typer.Option("all", "--subjects", help="all, or a comma list (sub-01,2,...)."),
     seeds: str = typer.Option("5", "--seeds", help="Number of seeds (5 = 0..4) or a comma list."),
-    out: Path = typer.Option(Path("results"), "--out", help="Results folder (runs.csv, curves.csv); a rerun skips finished runs."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (runs.csv, curves.csv); a rerun skips finished runs."),
     loso: bool = typer.Option(False, "--loso", help="Leave-one-subject-out: train on the other subjects, test on each listed subject."),
-    gallery_cache: Optional[str] = _gallery(),
+    gallery: Optional[str] = _gallery(),
     epochs: int = _epochs(), batch_size: int = _batch(), lr: float = _lr(), weight_decay: float = _wd(),
     embed_dim: int = _embed(), temperature: float = _temp(), fixed_temperature: bool = _fixed(),
     no_image_proj: bool = _noproj(), select: str = _select(), channels: str = _channels(),
     window: Optional[str] = _window(), single_trials: bool = _single(), val_fraction: float = _valf(),
     split_seed: int = _split_seed(),
-    device: str = _device(), precision: str = _prec(), layout: str = _layout(), images: Optional[Path] = _images(),
+    device: str = device_option(), precision: str = _prec(), layout: str = layout_option(),
+    images: Optional[Path] = images_option(), meta: Optional[Path] = meta_option(),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address: run jobs on that cluster (workers need the data and cache paths)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Run jobs on a local dask cluster of N worker processes."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Train every subject x backbone x layer x encoder x seed and print the best layer per backbone.
 
@@ -78,31 +75,32 @@ def sweep_cmd(
     cfg = _config("eegproject", epochs, batch_size, lr, weight_decay, embed_dim, temperature, fixed_temperature,
                   no_image_proj, select, device, precision)
     res = sweep(data, backbone, cache=cache, layers=layers, pool=pool, encoders=encoders, subjects=subjects, seeds=seeds,
-                out=out, loso=loso, gallery_cache=gallery_cache, config=cfg, channels=channels, window=window,
+                out=out, loso=loso, gallery_cache=gallery, config=cfg, channels=channels, window=window,
                 single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
-                image_root=images, scheduler=scheduler, workers=workers, progress=not quiet, console=console)
+                image_root=images, meta=meta, scheduler=scheduler, workers=workers, progress=not quiet, console=console)
     console.print(f"{res.trained} run(s) trained, {res.skipped} already in {res.results.runs_path}.")
 
 
 def train_cmd(
-    data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    data: Path = data_option(),
     backbone: str = typer.Option(..., "--backbone", "-b", help="Cache key, unique prefix or alias."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (.safetensors)."),
-    cache: Optional[str] = typer.Option(None, "--cache", help=CACHE_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint file to write (.safetensors)."),
+    cache: Optional[str] = cache_option(),
     layer: str = typer.Option("final", "--layer", help="Layer label (e.g. 07) or final."),
     pool: str = _pool(),
     encoder: str = typer.Option("eegproject", "--encoder", help="Brain encoder."),
     subject: Optional[str] = typer.Option(None, "--subject", help="Subject (needed when the data hold several); with --loso the test subject."),
     seed: int = typer.Option(0, "--seed", help="Seed of the run (init, shuffling, dropout)."),
     loso: bool = typer.Option(False, "--loso", help="Train on all other subjects (leave-one-subject-out fold)."),
-    gallery_cache: Optional[str] = _gallery(),
+    gallery: Optional[str] = _gallery(),
     results: Optional[Path] = typer.Option(None, "--results", help="Also append the run's row to this results folder."),
     epochs: int = _epochs(), batch_size: int = _batch(), lr: float = _lr(), weight_decay: float = _wd(),
     embed_dim: int = _embed(), temperature: float = _temp(), fixed_temperature: bool = _fixed(),
     no_image_proj: bool = _noproj(), select: str = _select(), channels: str = _channels(),
     window: Optional[str] = _window(), single_trials: bool = _single(), val_fraction: float = _valf(),
     split_seed: int = _split_seed(),
-    device: str = _device(), precision: str = _prec(), layout: str = _layout(), images: Optional[Path] = _images(),
+    device: str = device_option(), precision: str = _prec(), layout: str = layout_option(),
+    images: Optional[Path] = images_option(), meta: Optional[Path] = meta_option(),
 ) -> None:
     """Train one configuration and save encoder, projectors and config as one checkpoint file."""
     from sa.train.sweep import train_one
@@ -110,9 +108,10 @@ def train_cmd(
     cfg = _config(encoder, epochs, batch_size, lr, weight_decay, embed_dim, temperature, fixed_temperature,
                   no_image_proj, select, device, precision)
     row, path = train_one(data, backbone, out=out, cache=cache, layer=layer, pool=pool, encoder=encoder, subject=subject,
-                          seed=seed, loso=loso, gallery_cache=gallery_cache, config=cfg, channels=channels,
+                          seed=seed, loso=loso, gallery_cache=gallery, config=cfg, channels=channels,
                           window=window, single_trials=single_trials, val_fraction=val_fraction,
-                          split_seed=split_seed, layout=layout, image_root=images, results=results)
+                          split_seed=split_seed, layout=layout, image_root=images, meta=meta,
+                          results=results)
     val = "–" if row["val_top1"] is None else f"{row['val_top1']:.1f}"
     console.print(f"{row['subject']} · {row['backbone']} · layer {row['layer']} · {row['encoder']}: "
                   f"test top-1 {row['top1']:.1f} %, top-5 {row['top5']:.1f} %, val top-1 {val} % (epoch {row['best_epoch']})")
@@ -122,37 +121,7 @@ def train_cmd(
     console.print(f"checkpoint: {path}")
 
 
-def decode_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint written by `sa train`."),
-    data: Path = typer.Option(..., "--data", help=DATA_HELP),
-    gallery: str = typer.Option(..., "--gallery", help="Cache key (or unique prefix) of the candidate images, extracted with the checkpoint's backbone."),
-    subject: Optional[str] = typer.Option(None, "--subject", help="Subject to decode (default: the checkpoint's)."),
-    split: str = typer.Option("test", "--split", help="test, val or train."),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="Candidates per trial."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write predictions CSV (trial, true_id, id_1, score_1, ...)."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Cache root of the gallery (default: the checkpoint's)."),
-    layout: str = _layout(), images: Optional[Path] = _images(),
-) -> None:
-    """Rank gallery images for the trials of a split: top-k image ids and cosine scores per trial."""
-    from sa.train.decode import decode_dataset
-
-    pred = decode_dataset(checkpoint, data, gallery, subject=subject, split=split, top_k=top_k, root=cache,
-                          layout=layout, image_root=images)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        pred.to_csv(out)
-        console.print(f"{len(pred.ids)} trials -> {out}")
-    else:
-        for t in range(min(len(pred.ids), 10)):
-            console.print(f"{t}: {pred.true_ids[t]} -> " + ", ".join(f"{i} ({s:.2f})" for i, s in zip(pred.ids[t], pred.scores[t])))
-    k = pred.ids.shape[1]
-    if pred.accuracy(1) is not None:
-        console.print(f"top-1 {pred.accuracy(1):.1f} %, top-{k} {pred.accuracy(k):.1f} % over the "
-                      f"{int(pred.in_gallery.sum())} trials whose image is in the gallery.")
-
-
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     app.command("sweep")(friendly(sweep_cmd))
     app.command("train")(friendly(train_cmd))
-    app.command("decode")(friendly(decode_cmd))

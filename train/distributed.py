@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from sa.errors import SAError
+from sa.train.jobs import record, run_job
 
 JOB_RETRIES = 1
 
@@ -40,7 +41,6 @@ def run_jobs_dask(jobs: Sequence[Any], results: Any, *, scheduler: str | None = 
     from dask.distributed import as_completed
 
     from sa.progress import make_progress
-    from sa.train.sweep import record, run_job
 
     client, cluster = open_client(scheduler, n_workers)
     try:

@@ -241,7 +241,7 @@ class Gallery:
 
 def concept_of(image_id: str) -> str:
     """An image id's concept: its parent folder without a THINGS number prefix."""
-    from sa.train.things import concepts_of_ids
+    from sa.brain.things import concepts_of_ids
 
     return str(concepts_of_ids([image_id])[0])
 

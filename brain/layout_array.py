@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from sa.errors import DamagedError, SAError
-from sa.train.layouts import Layout, subject_dirs
-from sa.train.pickled import describe_text, open_npy
-from sa.train.raw import RawSubject, check_numeric, default_times, fit_times, group_repetitions, indexed_split, sorted_read
-from sa.train.things import concepts_of_ids
+from sa.brain.layout_base import Layout, subject_dirs
+from sa.brain.pickled import describe_text, open_npy
+from sa.brain.raw import RawSubject, check_numeric, default_times, fit_times, group_repetitions, indexed_split, sorted_read
+from sa.brain.things import concepts_of_ids
 
 ARRAY_EXTS = (".npy", ".npz", ".h5", ".hdf5")
 TABLE_EXTS = (".csv", ".tsv")

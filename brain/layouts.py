@@ -17,37 +17,20 @@ The 63-channel 250 Hz variants store 300 `times` for 250 samples; sa uses the la
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from sa.brain import layout_array, layout_meg
+from sa.brain.layout_base import Layout, subject_dirs
+from sa.brain.pickled import load_mapped, load_torch
+from sa.brain.raw import RawSubject, array_split, default_times, fit_times
+from sa.brain.things import concepts_of_ids, normalise_ids, split_ids
 from sa.errors import SAError
-from sa.train.pickled import load_mapped, load_torch
-from sa.train.raw import RawSubject, array_split, default_times, fit_times
-from sa.train.things import concepts_of_ids, normalise_ids, split_ids
 
 LAYOUTS = ("things-eeg2", "things-pickle", "ubp", "neurobridge", "things-meg-fif", "array")
-_SUBJECT_DIR = re.compile(r"^(sub[-_]?\w+|P\d+)$", re.IGNORECASE)
 _DATA_KEYS = ("preprocessed_eeg_data", "meg_data", "eeg_data", "preprocessed_meg_data", "data", "eeg")
-
-
-@dataclass
-class Layout:
-    """A detected dataset: its layout name, subjects (name -> where its files are) and a reader."""
-
-    name: str
-    root: Path
-    subjects: dict[str, Any]
-    reader: Callable[["Layout", str, Path | None], RawSubject]
-    problems: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def read(self, subject: str, image_root: Path | None) -> RawSubject:
-        """Open one subject's stored recordings (lazily where the format allows)."""
-        return self.reader(self, subject, image_root)
 
 
 # ---------------------------------------------------------------- detection
@@ -55,8 +38,6 @@ class Layout:
 
 def detect(path: Path, layout: str = "auto", meta: Path | None = None) -> Layout:
     """Detect (or, with `layout`, force) the layout of the dataset at `path` (`meta`: THINGS-MEG metadata folder)."""
-    from sa.train import layout_array, layout_meg
-
     if not path.exists():
         raise SAError(f"{path} does not exist; give the folder that holds the subjects' files.")
     if layout not in ("auto", *LAYOUTS):
@@ -86,31 +67,6 @@ def detect(path: Path, layout: str = "auto", meta: Path | None = None) -> Layout
         "NICE/ATM), sub-XX/train.pt (UBP), sub-XX/train.npy + info.json (NeuroBridge), *-epo.fif (THINGS-MEG) "
         "or arrays with CSV/TSV image tables (see `sa data check --help`)."
     )
-
-
-def _dirs(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
-
-
-def subject_dirs(path: Path, depth: int = 3) -> list[Path]:
-    """Subject folders (sub-01, P1, ...) under `path`, at the shallowest of up to `depth` levels that has any.
-
-    Three levels reach eeg_encoding's `eeg_dataset/preprocessed_data/sub-XX` from its project folder; image
-    folders are not searched.
-    """
-    if not path.is_dir():
-        return []
-    level = [path]
-    for _ in range(depth):
-        children = [c for folder in level for c in _dirs(folder)]
-        hits = sorted(c for c in children if _SUBJECT_DIR.match(c.name))
-        if hits:
-            return hits
-        level = [c for c in children if "image" not in c.name.lower()][:200]
-    return []
 
 
 def _first_match(folder: Path, patterns: tuple[str, ...]) -> Path | None:

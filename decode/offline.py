@@ -165,14 +165,14 @@ class DatasetPredictions:
 
 def decode_dataset(checkpoint: Checkpoint | str | os.PathLike[str], data: Any, gallery: Any, *, subject: str | None = None,
                    split: str = "test", top_k: int = 5, root: Any = None, layout: str = "auto",
-                   image_root: Any = None) -> DatasetPredictions:
+                   image_root: Any = None, meta: Any = None) -> DatasetPredictions:
     """Decode a split of a brain dataset (default: the checkpoint's subject, test split) against a gallery."""
-    from sa.train.data import open_dataset
+    from sa.brain.data import open_dataset
 
     ckpt = as_checkpoint(checkpoint)
     if split not in ("train", "val", "test"):
         raise SAError(f"--split {split!r} is not known; use test, val or train.")
-    ds = open_dataset(data, layout=layout, image_root=image_root)
+    ds = open_dataset(data, layout=layout, image_root=image_root, meta=meta)
     subj = subject if subject is not None else ckpt.meta.get("subject")
     if subj is None:
         raise SAError("the checkpoint names no subject; pass --subject.")

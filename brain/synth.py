@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from sa.errors import SAError
-from sa.train.channels import OCCIPITAL_PARIETAL
+from sa.brain.channels import OCCIPITAL_PARIETAL
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 TEXTURES = ("plain", "stripes", "dots", "checker")
@@ -268,8 +268,8 @@ def planted_features(image_root: Path, train_ids: list[str], test_ids: list[str]
 # the `sa data synth` option of each SynthOptions field, so a message names an option that exists
 OPTION_NAMES = {
     "n_train_concepts": "--train-concepts", "images_per_concept": "--images-per-concept",
-    "n_test_concepts": "--test-concepts", "n_subjects": "--subjects", "n_channels": "--channels",
-    "n_times": "--times", "n_reps_train": "--reps-train", "n_reps_test": "--reps-test", "n_sources": "--sources",
+    "n_test_concepts": "--test-concepts", "n_subjects": "--n-subjects", "n_channels": "--n-channels",
+    "n_times": "--n-times", "n_reps_train": "--reps-train", "n_reps_test": "--reps-test", "n_sources": "--sources",
     "image_size": "--image-size", "sfreq": "--sfreq", "snr": "--snr",
 }
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096

@@ -18,10 +18,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from sa.errors import SAError
-from sa.train.channels import pick_channels
-from sa.train.layouts import Layout, detect
-from sa.train.raw import RawSplit, RawSubject, first_bad_trial
-from sa.train.things import find_image_root, is_image_root, train_dir_name
+from sa.brain.channels import pick_channels
+from sa.brain.check import check_dataset
+from sa.brain.layout_base import Layout
+from sa.brain.layouts import detect
+from sa.brain.raw import RawSplit, RawSubject, first_bad_trial
+from sa.brain.things import find_image_root, is_image_root, train_dir_name
 
 BLOCK_ROWS = 128  # images read per block: bounds the working memory of averaging and checks
 
@@ -72,7 +74,7 @@ def open_dataset(path: Any, layout: str = "auto", image_root: str | Path | None 
     `meta`: the folder with the THINGS metadata CSVs (THINGS-MEG .fif only; default: searched near the data).
     """
     if not isinstance(path, (str, Path)):
-        from sa.train.layout_array import epochs_layout
+        from sa.brain.layout_array import epochs_layout
 
         return BrainDataset(epochs_layout(path), Path(image_root) if image_root else None)
     path = Path(path).expanduser()
@@ -134,8 +136,6 @@ class BrainDataset:
 
     def check(self, scan: bool = True, progress: bool = False):
         """Everything `sa data check` prints: per-subject summaries and every problem found."""
-        from sa.train.check import check_dataset
-
         return check_dataset(self, scan=scan, progress=progress)
 
     def load(self, subject: str | int, *, channels: str | Sequence[str] = "all", window: tuple[float, float] | None = None,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sa.clikit import console, err_console, friendly
+from sa.clikit import console, err_console, friendly, images_option, layout_option, meta_option
 from sa.errors import SAError
 
 app = typer.Typer(no_args_is_help=True, help="Check brain data layouts; write the synthetic THINGS-format dataset.")
@@ -23,16 +23,16 @@ class _ProblemsFound(SAError):
 @friendly
 def check_cmd(
     path: Path = typer.Argument(..., help="Dataset folder (or file): THINGS-EEG2 official/NICE/ATM/UBP/NeuroBridge, THINGS-MEG -epo.fif, or own arrays with CSV/TSV image tables."),
-    images: Optional[Path] = typer.Option(None, "--images", "-i", help="THINGS image root (holds training_images/ or train_images/, and test_images/). Default: searched next to PATH."),
-    layout: str = typer.Option("auto", "--layout", help="Force a layout: things-eeg2, things-pickle, ubp, neurobridge, things-meg-fif, array."),
-    meta: Optional[Path] = typer.Option(None, "--meta", help="THINGS-MEG: the THINGS Metadata folder with image_concept_index.csv and image_paths.csv. Default: searched near PATH and the images."),
-    scan: bool = typer.Option(True, "--scan/--no-scan", help="Read every value to find NaN/Inf and flat channels (slower on full datasets)."),
+    images: Optional[Path] = images_option(),
+    layout: str = layout_option(),
+    meta: Optional[Path] = meta_option(),
+    values: bool = typer.Option(True, "--values/--no-values", help="Read every value to find NaN/Inf and flat channels (slower on full datasets)."),
 ) -> None:
     """Detect the layout and print subjects, shapes, channels, sampling rate, time window, repetitions, the image folder and every problem (exit 1 if any)."""
-    from sa.train.data import open_dataset
+    from sa.brain.data import open_dataset
 
     ds = open_dataset(path, layout=layout, image_root=images, meta=meta)
-    report = ds.check(scan=scan, progress=True)
+    report = ds.check(scan=values, progress=True)
     console.print(f"[bold]layout[/]: {report.layout}   [bold]root[/]: {report.root}", highlight=False)
     console.print(f"[bold]image folder[/]: {report.image_root or 'not found (pass --images; THINGS layouts need it for image ids)'}", highlight=False)
     console.print(f"[bold]subjects[/] ({len(ds.subjects)}): {', '.join(ds.subjects)}", highlight=False)
@@ -62,9 +62,9 @@ def synth_cmd(
     train_concepts: int = typer.Option(40, help="Training concepts."),
     images_per_concept: int = typer.Option(6, help="Images per training concept."),
     test_concepts: int = typer.Option(20, help="Test concepts (one image each; disjoint from training)."),
-    subjects: int = typer.Option(2, help="Simulated subjects."),
-    channels: int = typer.Option(17, help="Channels (the 17 occipito-parietal names first)."),
-    times: int = typer.Option(100, help="Time points per epoch."),
+    subjects: int = typer.Option(2, "--n-subjects", help="Simulated subjects."),
+    channels: int = typer.Option(17, "--n-channels", help="Channels (the 17 occipito-parietal names first)."),
+    times: int = typer.Option(100, "--n-times", help="Time points per epoch."),
     sfreq: float = typer.Option(100.0, help="Sampling rate (Hz); epochs start at -0.2 s."),
     reps_train: int = typer.Option(4, help="Repetitions per training image."),
     reps_test: int = typer.Option(20, help="Repetitions per test image."),
@@ -76,11 +76,11 @@ def synth_cmd(
     snr: float = typer.Option(0.5, help="Single-trial signal-to-noise power ratio."),
     sources: int = typer.Option(8, help="Latent sources the planted features are projected to."),
     image_size: int = typer.Option(64, help="Image side in pixels."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Feature cache root for the planted backbone (default OUT/cache)."),
+    cache: Optional[str] = typer.Option(None, "--cache", "-c", help="Feature cache root for the planted backbone (default OUT/cache, not $SA_CACHE: the dataset stays self-contained)."),
     seed: int = typer.Option(0, help="Seed for images, projection, mixing and noise."),
 ) -> None:
     """Write a small synthetic dataset in the official THINGS-EEG layout whose EEG is driven by one known layer."""
-    from sa.train.synth import SynthOptions, make_synth
+    from sa.brain.synth import SynthOptions, make_synth
 
     opts = SynthOptions(
         n_train_concepts=train_concepts, images_per_concept=images_per_concept, n_test_concepts=test_concepts,

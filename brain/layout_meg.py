@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from sa.errors import DamagedError, SAError
-from sa.train.layouts import Layout
-from sa.train.raw import RawSubject, group_repetitions, indexed_split, sorted_read
-from sa.train.things import is_image_root, split_ids
+from sa.brain.layout_base import Layout
+from sa.brain.raw import RawSubject, group_repetitions, indexed_split, sorted_read
+from sa.brain.things import is_image_root, split_ids
 
 CATCH_EVENT = 999999
 CONCEPT_INDEX = "image_concept_index.csv"

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from sa.errors import SAError
 from sa.progress import make_progress
-from sa.train.raw import RawSubject, first_bad_trial
+from sa.brain.raw import RawSubject, first_bad_trial
 
-if TYPE_CHECKING:
-    from sa.train.data import BrainDataset
+class CheckedDataset(Protocol):
+    """What a check reads of a dataset (sa.brain.data.BrainDataset is one; data.py imports this module, not back)."""
+
+    image_root: Path | None
+
+    @property
+    def layout(self) -> str: ...
+    @property
+    def root(self) -> Path: ...
+    @property
+    def subjects(self) -> list[str]: ...
+    @property
+    def problems(self) -> list[str]: ...
+    def raw(self, subject: str) -> RawSubject: ...
 
 SCAN_ROWS = 256
 
@@ -96,7 +109,7 @@ def _scan_subject(raw: RawSubject, problems: list[str], notes: list[str], progre
                          "(flat); leave them out with --channels.")
 
 
-def _subject_problems(raw: RawSubject, ds: "BrainDataset") -> list[str]:
+def _subject_problems(raw: RawSubject, ds: CheckedDataset) -> list[str]:
     out = []
     if len(raw.times) != raw.train.n_times:
         out.append(f"{raw.subject}: the time axis has {len(raw.times)} points but the data {raw.train.n_times}.")
@@ -120,7 +133,7 @@ def _subject_problems(raw: RawSubject, ds: "BrainDataset") -> list[str]:
     return out
 
 
-def check_dataset(ds: "BrainDataset", scan: bool = True, progress: bool = False) -> CheckReport:
+def check_dataset(ds: CheckedDataset, scan: bool = True, progress: bool = False) -> CheckReport:
     """Open every subject, summarise it, and collect problems (scan=True also reads every value for NaN/Inf)."""
     problems = list(ds.problems)
     summaries, unreadable = [], {}

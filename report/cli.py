@@ -1,4 +1,4 @@
-"""`sa report`: figures and tables from a results folder (a thin wrapper over sa.train.report.write_report)."""
+"""`sa report`: figures and tables from a results folder (a thin wrapper over sa.report.figures.write_report)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def report(
 
     Intra-subject and leave-one-subject-out runs are reported apart. The best layer of each backbone is the one with the highest validation top-1 (mean over seeds, then subjects); its test accuracy is what is reported.
     """  # noqa: E501  (typer rewraps the help; one line per paragraph keeps it from breaking mid-sentence)
-    from sa.train.report import write_report
+    from sa.report.figures import write_report
     from sa.train.summary import rich_tables
 
     rep = write_report(results, out, progress=not quiet)
