@@ -35,6 +35,7 @@ class Split:
     x: np.ndarray
     image_ids: np.ndarray
     concepts: np.ndarray
+    subjects: np.ndarray | None = None  # the recorded subject of each row (LOSO training rows come from several)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -339,7 +340,7 @@ def _load(train_raws: list[RawSubject], test_raw: RawSubject, *, channels="all",
         scale = stats.result([r.subject for r in train_raws])
     stats = _Stats(n_c) if zscore and scale is None else None
     train_t, val_t = _Target(np.zeros(0, bool), x_train, average_reps, stats=stats, scale=scale), _Target(np.zeros(0, bool), x_val, True, scale=scale)
-    ids, concepts, val_ids, val_concepts_rows = [], [], [], []
+    ids, concepts, val_ids, val_concepts_rows, row_subjects, val_subjects = [], [], [], [], [], []
     for raw in train_raws:
         tr_mask, va_mask = plan(raw, False), plan(raw, True)
         train_t.mask, val_t.mask = tr_mask, va_mask
@@ -349,6 +350,8 @@ def _load(train_raws: list[RawSubject], test_raw: RawSubject, *, channels="all",
         concepts.append(np.repeat(raw.train.concepts[tr_mask], reps))
         val_ids.append(raw.train.image_ids[va_mask])
         val_concepts_rows.append(raw.train.concepts[va_mask])
+        row_subjects.append(np.full(int(tr_mask.sum()) * reps, raw.subject))
+        val_subjects.append(np.full(int(va_mask.sum()), raw.subject))
     test_t = _Target(np.ones(test_raw.test.n_images, bool), x_test, True, scale=scale)
     _scan(test_raw, "test", sels[test_raw.subject], [test_t])
     if stats is not None:
@@ -359,9 +362,10 @@ def _load(train_raws: list[RawSubject], test_raw: RawSubject, *, channels="all",
                "val_fraction": val_fraction, "seed": seed, "dtype": dtype}
     return SubjectData(
         subject=test_raw.subject, ch_names=ref.ch_names, sfreq=test_raw.sfreq, times=ref.times,
-        train=Split(x_train, np.concatenate(ids), np.concatenate(concepts)),
-        val=Split(x_val, np.concatenate(val_ids), np.concatenate(val_concepts_rows)),
-        test=Split(x_test, test_raw.test.image_ids.copy(), test_raw.test.concepts.copy()),
+        train=Split(x_train, np.concatenate(ids), np.concatenate(concepts), np.concatenate(row_subjects)),
+        val=Split(x_val, np.concatenate(val_ids), np.concatenate(val_concepts_rows), np.concatenate(val_subjects)),
+        test=Split(x_test, test_raw.test.image_ids.copy(), test_raw.test.concepts.copy(),
+                   np.full(len(test_raw.test.image_ids), test_raw.subject)),
         fold=fold, options=options,
         zscore_mean=None if scale is None else scale[0], zscore_std=None if scale is None else scale[1],
     )

@@ -19,14 +19,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from sa.train.batched import AlignModel, Stack
 from sa.train.encoders import EEGProject, LinearEncoder
 
 
 def supports(model: AlignModel) -> bool:
-    """True for the encoders the hand-written path reproduces exactly (EEGProject, LinearEncoder)."""
-    return isinstance(model.brain, (EEGProject, LinearEncoder))
+    """True for the encoders the hand-written path reproduces exactly (EEGProject, LinearEncoder), with a plain projector."""
+    return isinstance(model.brain, (EEGProject, LinearEncoder)) and isinstance(model.image, (nn.Linear, nn.Identity))
 
 
 def make_stack(models: Sequence[AlignModel], device: torch.device) -> Stack:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -118,6 +118,7 @@ class RunSpec:
     layer: str
     seed: int
     encoder: str | None = None
+    mix: Any = None  # a sa.train.mix.MixSpec: the image side mixes several layers (its `build` makes the model)
 
 
 @dataclass
@@ -205,6 +206,8 @@ def _init_model(spec: RunSpec, cfg: TrainConfig, encoder: str, shape: tuple[int,
     torch.manual_seed(spec.seed)
     out = cfg.embed_dim if cfg.image_proj else feat_dim
     enc = build_encoder(encoder, shape[0], shape[1], out)
+    if spec.mix is not None:
+        return spec.mix.build(enc, out, cfg)
     return AlignModel(enc, feat_dim, out, cfg.image_proj, cfg.temperature, cfg.learn_temperature)
 
 
@@ -213,7 +216,8 @@ def _group(runs: Sequence[RunSpec], cfg: TrainConfig, widths: Mapping[str, int])
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(runs):
         out = cfg.embed_dim if cfg.image_proj else widths[r.layer]
-        groups.setdefault((r.seed, (r.encoder or cfg.encoder).lower(), out), []).append(i)
+        mixed = r.layer if r.mix is not None else None  # a mix run's model has another shape: its own stack
+        groups.setdefault((r.seed, (r.encoder or cfg.encoder).lower(), out, mixed), []).append(i)
     return list(groups.values())
 
 
