@@ -235,7 +235,10 @@ def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = Fal
         val_f = split_features(table, subj.val, job.pool, trainable) if has_val else None
         test_f = {lyr: gallery.feats[lyr] for lyr in trainable}
         specs = [RunSpec(lyr, seed, job.encoder) for lyr, seed in todo]
-        results = train_runs(subj.train.x, train_f, subj.val.x if has_val else None, val_f, subj.test.x, test_f,
+        runner = train_runs
+        if job.encoder == "ridge":  # closed form, all layers from one eigendecomposition (sa.train.ridge)
+            from sa.train.ridge import ridge_runs as runner
+        results = runner(subj.train.x, train_f, subj.val.x if has_val else None, val_f, subj.test.x, test_f,
                              specs, cfg, test_targets=gallery.targets, progress=False,
                              val_ids=subj.val.image_ids if has_val else None)
         trained = dict(zip(todo, results))

@@ -84,8 +84,10 @@ def canonical_encoder(name: str) -> str:
     from sa.train.encoders import ENCODERS
 
     key = name.lower().replace("-", "").replace("_", "")
+    if key == "ridge":  # the closed-form decoder (sa.train.ridge), not a trained module
+        return key
     if key not in ENCODERS:
-        raise SAError(f"unknown encoder {name!r}; choose one of {', '.join(sorted(ENCODERS))}.")
+        raise SAError(f"unknown encoder {name!r}; choose one of {', '.join(sorted([*ENCODERS, 'ridge']))}.")
     return key
 
 
