@@ -48,7 +48,7 @@ def sweep_cmd(
     cache: Optional[str] = cache_option(),
     layers: str = typer.Option("all", "--layers", help="all | final | 1,4,8 | every:4 (the final layer is always added as the baseline)."),
     pool: str = _pool(),
-    encoders: str = typer.Option("eegproject", "--encoders", help="Comma list of brain encoders (eegproject, linear, tsconv, atms, eegnet, shallownet, eegconformer)."),
+    encoders: str = typer.Option("eegproject", "--encoders", help="Comma list of brain encoders (eegproject, linear, tsconv, atms, eegnet, shallownet, eegconformer), or ridge (closed form, every layer in seconds; docs/analyses.md)."),
     subjects: str = typer.Option("all", "--subjects", help="all, or a comma list (sub-01,2,...)."),
     seeds: str = typer.Option("5", "--seeds", help="Number of seeds (5 = 0..4) or a comma list."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (runs.csv, curves.csv); a rerun skips finished runs."),
@@ -63,6 +63,7 @@ def sweep_cmd(
     images: Optional[Path] = images_option(), meta: Optional[Path] = meta_option(),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address: run jobs on that cluster (workers need the data and cache paths)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Run jobs on a local dask cluster of N worker processes."),
+    categories: Optional[Path] = typer.Option(None, "--categories", help="CSV of concept,category rows (e.g. THINGS' high-level categories): adds concept_top5, the share of top-5 retrieved images from the target's category."),
     quiet: bool = quiet_option(),
 ) -> None:
     """Train every subject x backbone x layer x encoder x seed and print the best layer per backbone.
@@ -77,7 +78,8 @@ def sweep_cmd(
     res = sweep(data, backbone, cache=cache, layers=layers, pool=pool, encoders=encoders, subjects=subjects, seeds=seeds,
                 out=out, loso=loso, gallery_cache=gallery, config=cfg, channels=channels, window=window,
                 single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
-                image_root=images, meta=meta, scheduler=scheduler, workers=workers, progress=not quiet, console=console)
+                image_root=images, meta=meta, scheduler=scheduler, workers=workers, progress=not quiet, console=console,
+                categories=categories)
     console.print(f"{res.trained} run(s) trained, {res.skipped} already in {res.results.runs_path}.")
 
 

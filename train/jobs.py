@@ -96,6 +96,7 @@ class Job:
     runs: list[tuple[str, int, str]]  # (layer, seed, run_id)
     cfg: TrainConfig
     backbone: dict = field(default_factory=dict)  # name, params, n_blocks, depth per layer
+    categories: str | None = None  # --categories CSV (concept,category): adds concept_top5 (sa.train.concepts)
 
     @property
     def title(self) -> str:
@@ -249,6 +250,11 @@ def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = Fal
         if res is not None and res.diverged and health[lyr] != STATUS_OK:
             status = health[lyr]  # a degenerate layer is the cause to report, not the divergence it led to
         row = _row(job, lyr, seed, rid, cfg, res, status, has_val)
+        if job.categories and res is not None and status != STATUS_DIVERGED:
+            from sa.train.concepts import read_categories, run_concept_top5
+
+            row["concept_top5"] = run_concept_top5(res, subj.test.x, gallery.feats[lyr], gallery.targets,
+                                                   gallery.labels, read_categories(job.categories))
         out.append((row, [] if res is None else res.curves, res.model if keep_models and res is not None else None))
     return out
 

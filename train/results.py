@@ -43,7 +43,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "epochs", "lr", "weight_decay", "batch_size", "temperature_init", "learn_temperature",
     "temperature_final", "select", "channels", "window", "single_trials", "val_fraction", "split_seed",
     "gallery", "eval_seed", "precision", "status", "best_epoch", "top1", "top5", "k2", "k4", "k10", "k50", "k100",
-    "mean_rank", "val_top1", "train_seconds", "code_version", "created",
+    "mean_rank", "val_top1", "concept_top5", "train_seconds", "code_version", "created",
 )  # fmt: skip
 # The columns of sa's first runs.csv schema; a file with only these is read, its new cells empty ("not recorded").
 LEGACY_RUN_COLUMNS: tuple[str, ...] = (
@@ -83,7 +83,7 @@ INT_COLUMNS = frozenset({"backbone_params", "n_blocks", "encoder_params", "seed"
                          "epoch", "embed_dim", "split_seed", "eval_seed"})
 FLOAT_COLUMNS = frozenset({
     "depth", "lr", "weight_decay", "temperature_init", "temperature_final", "top1", "top5", "k2", "k4",
-    "k10", "k50", "k100", "mean_rank", "val_top1", "train_seconds", "train_loss", "val_loss", "val_fraction",
+    "k10", "k50", "k100", "mean_rank", "val_top1", "concept_top5", "train_seconds", "train_loss", "val_loss", "val_fraction",
 })  # fmt: skip
 BOOL_COLUMNS = frozenset({"learn_temperature", "image_proj", "single_trials"})
 RUN_ID_KEYS: tuple[str, ...] = ("dataset", "subject", "fold", "cache_key", "pool", "layer", "encoder", "seed")

@@ -183,7 +183,7 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
           window: Any = None, single_trials: bool = False, val_fraction: float = 0.1, split_seed: int = 0,
           layout: str = "auto", image_root: Any = None, meta: Any = None, scheduler: str | None = None, workers: int | None = None,
           seeds_per_job: int | None = None, progress: bool = True, console: Any = None,
-          on_job: Callable[[Job, int], None] | None = None) -> SweepResult:
+          on_job: Callable[[Job, int], None] | None = None, categories: Any = None) -> SweepResult:
     """Run (or resume) a sweep and return its summary and results folder.
 
     config holds the training options (TrainConfig; its encoder is overridden per
@@ -208,6 +208,15 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
     jobs = plan_jobs(data=data, ds=ds, root=root, backbones=parse_names(backbones), layers=layer_spec.strip().lower(),
                      pool=pool, encoders=encoder_names, subjects=subject_names, seeds=seed_list, loso=loso, cfg=cfg,
                      options=options, gallery_cache=gallery_cache, seeds_per_job=seeds_per_job)
+    if categories is not None:  # --categories: every test concept needs a category before anything is trained
+        from sa.train.concepts import check_concepts, read_categories
+        from sa.brain.things import concepts_of_ids
+
+        table = read_categories(categories)
+        for s in subject_names:
+            check_concepts(table, concepts_of_ids(ds.raw(s).test.image_ids), os.fspath(categories))
+        for j in jobs:
+            j.categories = os.path.abspath(os.fspath(categories))
     with results.writing(f"sa sweep into {results.path}"):
         done = results.existing_run_ids()
         all_ids = [rid for j in jobs for _, _, rid in j.runs]
