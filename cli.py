@@ -7,6 +7,8 @@ inside the command functions so that `sa --help` stays fast.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from sa import __version__, demo
@@ -15,6 +17,7 @@ from sa.cache import cli as cache_cli
 from sa.decode import cli as decode_cli
 from sa.extract import cli as extract_cli
 from sa.report import cli as report_cli
+from sa.threads import configure as configure_threads
 from sa.train import cli as train_cli
 
 app = typer.Typer(
@@ -40,8 +43,12 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, envvar="SA_THREADS",
+                                          help="torch intra-op threads (default: free physical cores by the load "
+                                               "average, 1 on a busy machine; an explicit OMP_NUM_THREADS stands)."),
 ) -> None:
     """Shallow Alignment toolkit."""
+    configure_threads(threads)
 
 
 demo.register(app)
