@@ -435,6 +435,7 @@ def load_backbone(
     device: str = "cpu",
     dtype: str = "fp32",
     transform: Optional[str] = None,
+    trust_remote_code: bool = False,
 ) -> Backbone:
     """Build a backbone for extraction: eval mode, on `device`, weights cast to `dtype` ("fp32" | "bf16" | "fp16").
 
@@ -443,7 +444,8 @@ def load_backbone(
     (for torchvision, with the transform of the weights entry it matches, or of
     the entry named in `name` or by `transform`); `random_init` seeds torch with
     `seed` (for tests). `device="meta"` builds the same backbone without
-    weights, instantly: enough for its cache key, layers and transform.
+    weights, instantly: enough for its cache key, layers and transform. `trust_remote_code` lets an hf:
+    model run the code in its repo (InternViT-6B); nothing else uses it.
     """
     ensure_torchvision()
     spec = name if isinstance(name, BackboneSpec) else resolve(name)
@@ -452,6 +454,9 @@ def load_backbone(
     if weights is not None and random_init:
         raise SAError("--weights and --random-init exclude each other; pass one.")
     check_image_size(image_size)
+    if spec.source == "hf":
+        return _load_hf(spec, weights=weights, random_init=random_init, seed=seed, image_size=image_size, device=device,
+                        dtype=dtype, transform=transform, trust_remote_code=trust_remote_code)
     if transform is not None and spec.source != "torchvision":
         raise SAError(f"--transform applies to torchvision backbones only; {spec.source} takes its preprocessing from the "
                       f"pretrained tag, so name the tag in --backbone instead.")
@@ -507,6 +512,36 @@ def load_backbone(
         random_init=random_init,
         params=params,
         libraries=library_versions(spec.source),
+    )
+
+
+def _load_hf(spec: BackboneSpec, *, weights: Any, random_init: bool, seed: int, image_size: Optional[int], device: str,
+             dtype: str, transform: Optional[str], trust_remote_code: bool) -> Backbone:
+    """An hf: backbone: the repo (or folder) is the weights; loaded straight onto `device` in `dtype`."""
+    from sa.extract import hf
+
+    if weights is not None:
+        raise SAError(f"--weights does not apply to {spec.generic}: the repo or folder holds the weights; pass "
+                      f"hf:PATH/TO/FOLDER for a local save_pretrained copy.")
+    if transform is not None:
+        raise SAError(f"--transform applies to torchvision backbones only; {spec.generic} uses its own image processor.")
+    if random_init:
+        torch.manual_seed(seed)
+    built = hf.build(spec, dtype=DTYPES[dtype], device=device, random_init=random_init,
+                     trust_remote_code=trust_remote_code, image_size=image_size)
+    return Backbone(
+        spec=spec,
+        model=built.model,
+        embed=built.embed,
+        plan=built.plan,
+        transform=built.pre.transform,
+        input_size=built.pre.size,
+        transform_source=built.pre.source + f"; final = {built.embed_text}",
+        weights="random" if random_init else built.source.origin,
+        weights_digest=f"random:{seed}" if random_init else built.source.digest,
+        random_init=random_init,
+        params=hf.count_params(built.model),
+        libraries=hf.library_versions() | ({"remote_code": "trusted"} if trust_remote_code else {}),
     )
 
 

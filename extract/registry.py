@@ -12,7 +12,7 @@ from typing import Optional
 
 from sa.errors import SAError
 
-SOURCES = ("open_clip", "timm", "torchvision")
+SOURCES = ("open_clip", "timm", "torchvision", "hf")
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,9 @@ class BackboneSpec:
     """What to build: the library (`source`), its architecture name and the pretrained tag (None = library default)."""
 
     name: str  # the name the user gave (alias or generic), used as the human-readable key prefix
-    source: str  # "open_clip" | "timm" | "torchvision"
-    arch: str  # open_clip model name, timm model name (without tag), torchvision model name
-    pretrained: Optional[str] = None  # open_clip tag, timm tag ("lvd142m"), torchvision weights enum ("IMAGENET1K_V1")
+    source: str  # "open_clip" | "timm" | "torchvision" | "hf"
+    arch: str  # open_clip model name, timm model name (without tag), torchvision model name, hf repo id or folder
+    pretrained: Optional[str] = None  # open_clip tag, timm tag ("lvd142m"), torchvision weights enum ("IMAGENET1K_V1"), hf revision
     description: str = ""
 
     @property
@@ -30,6 +30,8 @@ class BackboneSpec:
         """The generic `source:arch[:tag]` spelling of this backbone."""
         if self.source == "timm":
             return f"timm:{self.arch}" + (f".{self.pretrained}" if self.pretrained else "")
+        if self.source == "hf":
+            return f"hf:{self.arch}" + (f"@{self.pretrained}" if self.pretrained else "")
         return f"{self.source}:{self.arch}" + (f":{self.pretrained}" if self.pretrained else "")
 
     @property
@@ -44,6 +46,10 @@ def _oc(alias: str, arch: str, tag: str, desc: str) -> BackboneSpec:
 
 def _timm(alias: str, arch: str, tag: str, desc: str) -> BackboneSpec:
     return BackboneSpec(alias, "timm", arch, tag, desc)
+
+
+def _hf(alias: str, repo: str, desc: str) -> BackboneSpec:
+    return BackboneSpec(alias, "hf", repo, None, desc)
 
 
 ALIASES: dict[str, BackboneSpec] = {
@@ -67,6 +73,7 @@ ALIASES: dict[str, BackboneSpec] = {
         _timm("dinov2-l-reg", "vit_large_patch14_reg4_dinov2", "lvd142m", "DINOv2 ViT-L/14 with 4 registers"),
         _timm("dinov2-g-reg", "vit_giant_patch14_reg4_dinov2", "lvd142m", "DINOv2 ViT-g/14 with 4 registers"),
         _timm("siglip-b16", "vit_base_patch16_siglip_224", "webli", "SigLIP ViT-B/16 (WebLI), no CLS token"),
+        _hf("internvit-6b", "OpenGVLab/InternViT-6B-448px-V2_5", "InternViT-6B 448px V2.5 (HF remote code: --trust-remote-code)"),
     ]
 }
 
@@ -109,6 +116,8 @@ def resolve(name: str, *, check: bool = True) -> BackboneSpec:
         raise _unknown(source, list(SOURCES), "backbone library")
     if not rest:
         raise SAError(f"Backbone {name!r} names no architecture; write e.g. {source}:ARCH.")
+    if source == "hf":
+        return _resolve_hf(name, rest)
     if source == "timm":
         arch, _, tag = rest.partition(".")
     else:
@@ -119,3 +128,15 @@ def resolve(name: str, *, check: bool = True) -> BackboneSpec:
         if arch not in known:
             raise _unknown(arch, known, f"{source} architecture")
     return spec
+
+
+def _resolve_hf(name: str, rest: str) -> BackboneSpec:
+    """`hf:OWNER/NAME[@REVISION]` or `hf:FOLDER` (a local save_pretrained folder); the hub is not asked."""
+    import os
+
+    repo, _, rev = rest.partition("@") if not os.path.isdir(rest) else (rest, "", "")
+    parts = repo.split("/")
+    if not os.path.isdir(os.path.expanduser(repo)) and (len(parts) != 2 or not all(parts)):
+        raise SAError(f"Backbone {name!r} is neither a local folder nor a Hugging Face repo id; write "
+                      f"hf:OWNER/NAME[@REVISION] or hf:PATH/TO/FOLDER.")
+    return BackboneSpec(name, "hf", repo, rev or None, f"transformers {rest}")

@@ -269,6 +269,37 @@ def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, 
     return list(job.skipped)
 
 
+# ---------------------------------------------------------------- one dask worker's part (see sa.extract.distributed)
+
+_BACKBONES: dict[tuple, Any] = {}  # per worker process: loaded backbones by their load arguments
+
+
+def _worker_backbone(name: str, load: dict, device: str) -> Backbone:
+    args = (name, device, *sorted((k, str(v)) for k, v in load.items()))
+    if args not in _BACKBONES:
+        _BACKBONES[args] = load_backbone(name, device=device, **load)
+    return _BACKBONES[args]
+
+
+def run_shard(cache_url: str, key: str, blocks: list[int], name: str, load: dict, expect_spec: dict, imageset: Any,
+              pools: tuple, batch_size: int, skip_bad: bool) -> list[str]:
+    """On a worker: compute and write `blocks` of group `key`; returns the skipped ids. Refuses a backbone whose key spec differs."""
+    from sa.cache import open_root
+
+    device = resolve_device("auto")
+    bb = _worker_backbone(name, load, str(device))
+    spec = key_spec(bb, pools, load["dtype"], batch_size)
+    if spec != expect_spec:
+        raise SAError(f"worker built {name} differently from the client (libraries or weights differ: {spec} vs {expect_spec}); give workers the same environment.")
+    torch.set_num_threads(1)
+    writer = open_root(cache_url).open_writer(key)
+    try:
+        job = BlockJob(imageset, pools, batch_size, device, skip_bad, num_workers=0, dtype=load["dtype"])
+        return run_blocks(bb, writer, blocks, job)
+    finally:
+        writer.close()
+
+
 # ---------------------------------------------------------------- keys, manifest, writer
 
 
@@ -419,11 +450,13 @@ def extract(
     progress: bool = True,
     block_rows: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
+    trust_remote_code: bool = False,
 ) -> list:
     """Extract every layer of each backbone over `images` into the cache; returns one FeatureGroup per backbone.
 
     `transform` names the torchvision preprocessing preset (a weights entry such as IMAGENET1K_V1, or
-    "imagenet") for a `weights` file torchvision's own entries do not match.
+    "imagenet") for a `weights` file torchvision's own entries do not match. `trust_remote_code` lets an
+    hf: backbone run the code in its repo (InternViT-6B).
     """
     from sa.cache import open_root
 
@@ -441,7 +474,8 @@ def extract(
     isid = imageset.digest()
     groups = []
     for name, w, tf in zip(names, per_weights, per_transform):
-        load = dict(weights=w, random_init=random_init, seed=seed, image_size=image_size, dtype=dt, transform=tf)
+        load = dict(weights=w, random_init=random_init, seed=seed, image_size=image_size, dtype=dt, transform=tf,
+                    trust_remote_code=trust_remote_code)
         done = _complete_group(root, isid, load_backbone(name, device="meta", **load), pools, dt, batch_size, name)
         if done is not None:  # known from a weightless build: no giant model loaded just to skip it
             say(f"{name}: already complete in {root.url} as {done.key}; nothing to do.")
@@ -492,7 +526,8 @@ def _extract_one(root: Any, isid: str, imageset: ImageSet, name: str, load: dict
                 if scheduler or n_workers:
                     from sa.extract.distributed import run_distributed
 
-                    skipped = run_distributed(writer, root.url, name, pending, job, spec, load, scheduler, n_workers, progress)
+                    skipped = run_distributed(writer, root.url, name, pending, job, spec, load, scheduler, n_workers,
+                                              progress, run_shard)
                 else:
                     skipped = _run_local(bb, writer, pending, job, name, progress)
                 group = writer.finalize({"skipped": sorted(set(job.skipped) | set(skipped))})
