@@ -518,7 +518,7 @@ def load_backbone(
 def _load_hf(spec: BackboneSpec, *, weights: Any, random_init: bool, seed: int, image_size: Optional[int], device: str,
              dtype: str, transform: Optional[str], trust_remote_code: bool) -> Backbone:
     """An hf: backbone: the repo (or folder) is the weights; loaded straight onto `device` in `dtype`."""
-    from sa.extract import hf
+    from sa.extract.hf import build, count_params, library_versions as hf_versions
 
     if weights is not None:
         raise SAError(f"--weights does not apply to {spec.generic}: the repo or folder holds the weights; pass "
@@ -527,7 +527,7 @@ def _load_hf(spec: BackboneSpec, *, weights: Any, random_init: bool, seed: int, 
         raise SAError(f"--transform applies to torchvision backbones only; {spec.generic} uses its own image processor.")
     if random_init:
         torch.manual_seed(seed)
-    built = hf.build(spec, dtype=DTYPES[dtype], device=device, random_init=random_init,
+    built = build(spec, dtype=DTYPES[dtype], device=device, random_init=random_init,
                      trust_remote_code=trust_remote_code, image_size=image_size)
     return Backbone(
         spec=spec,
@@ -540,8 +540,8 @@ def _load_hf(spec: BackboneSpec, *, weights: Any, random_init: bool, seed: int, 
         weights="random" if random_init else built.source.origin,
         weights_digest=f"random:{seed}" if random_init else built.source.digest,
         random_init=random_init,
-        params=hf.count_params(built.model),
-        libraries=hf.library_versions() | ({"remote_code": "trusted"} if trust_remote_code else {}),
+        params=count_params(built.model),
+        libraries=hf_versions() | ({"remote_code": "trusted"} if trust_remote_code else {}),
     )
 
 
