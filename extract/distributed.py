@@ -9,11 +9,10 @@ are recorded done and simply written again with the same bytes.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from sa.errors import SAError
 
-_BACKBONES: dict[tuple, Any] = {}  # per worker process: loaded backbones by their load arguments
 SHARD_RETRIES = 3
 
 
@@ -30,40 +29,12 @@ def shard_blocks(blocks: Sequence[int], n_shards: int) -> list[list[int]]:
     return [s for s in out if s]
 
 
-def _worker_backbone(name: str, load: dict, device: str):
-    from sa.extract.backbones import load_backbone
-
-    args = (name, device, *sorted((k, str(v)) for k, v in load.items()))
-    if args not in _BACKBONES:
-        _BACKBONES[args] = load_backbone(name, device=device, **load)
-    return _BACKBONES[args]
-
-
-def run_shard(cache_url: str, key: str, blocks: list[int], name: str, load: dict, expect_spec: dict, imageset: Any,
-              pools: tuple, batch_size: int, skip_bad: bool) -> list[str]:
-    """On a worker: compute and write `blocks` of group `key`; returns the skipped ids. Refuses a backbone whose key spec differs."""
-    import torch
-
-    from sa.cache import open_root
-    from sa.extract.runner import BlockJob, key_spec, resolve_device, run_blocks
-
-    device = resolve_device("auto")
-    bb = _worker_backbone(name, load, str(device))
-    spec = key_spec(bb, pools, load["dtype"], batch_size)
-    if spec != expect_spec:
-        raise SAError(f"worker built {name} differently from the client (libraries or weights differ: {spec} vs {expect_spec}); give workers the same environment.")
-    torch.set_num_threads(1)
-    writer = open_root(cache_url).open_writer(key)
-    try:
-        job = BlockJob(imageset, pools, batch_size, device, skip_bad, num_workers=0, dtype=load["dtype"])
-        return run_blocks(bb, writer, blocks, job)
-    finally:
-        writer.close()
-
-
 def run_distributed(writer: Any, cache_url: str, name: str, pending: Sequence[int], job: Any, spec: dict, load: dict,
-                    scheduler: Optional[str], n_workers: Optional[int], progress: bool) -> list[str]:
+                    scheduler: Optional[str], n_workers: Optional[int], progress: bool, shard_fn: Callable[..., list]) -> list[str]:
     """Submit block-aligned shards of `pending` to a dask cluster (`scheduler` address, or a local one of `n_workers`).
+
+    `shard_fn(cache_url, key, blocks, name, load, spec, imageset, pools, batch_size, skip_bad)` runs on a worker and
+    returns the ids it skipped (sa.extract.runner.run_shard; passed in so this module needs nothing from the runner).
 
     Every shard runs to its end before an error is raised here, so no worker is still writing when the client
     reacts (e.g. widens an array float16 cannot hold, see sa.cache.manifest.Float16Overflow).
@@ -87,7 +58,7 @@ def run_distributed(writer: Any, cache_url: str, name: str, pending: Sequence[in
         shards = shard_blocks(pending, 2 * n)
         load = {**load, "weights": None if load.get("weights") is None else str(load["weights"])}
         futures = {
-            client.submit(run_shard, cache_url, writer.key, s, name, load, spec, job.imageset, tuple(job.pools),
+            client.submit(shard_fn, cache_url, writer.key, s, name, load, spec, job.imageset, tuple(job.pools),
                           job.batch_size, job.skip_bad, retries=SHARD_RETRIES, pure=False): s
             for s in shards
         }
