@@ -587,6 +587,8 @@ def describe(name: Union[str, BackboneSpec]) -> BackboneInfo:
     """Blocks, width and parameter count of a backbone built on the meta device, and whether its weights are local."""
     ensure_torchvision()
     spec = name if isinstance(name, BackboneSpec) else resolve(name)
+    if spec.source == "hf":
+        return _describe_hf(spec)
     with torch.device("meta"), _quiet_root_logger():
         if spec.source == "open_clip":
             import open_clip
@@ -610,6 +612,17 @@ def describe(name: Union[str, BackboneSpec]) -> BackboneInfo:
         local=local is not None,
         description=spec.description,
     )
+
+
+def _describe_hf(spec: BackboneSpec) -> BackboneInfo:
+    """An hf: backbone from its config on the meta device (cached config, or the known shape of a remote-code repo)."""
+    from sa.extract.hf import meta_model, plan_hf, weights_cached
+
+    model = meta_model(spec)
+    plan = plan_hf(model)
+    return BackboneInfo(name=spec.name, generic=spec.generic, blocks=plan.n_blocks, width=int(model.config.hidden_size),
+                        params=sum(p.numel() for p in model.parameters()), pretrained=spec.pretrained or "main",
+                        local=weights_cached(spec), description=spec.description)
 
 
 def list_backbones(names: Optional[list[str]] = None) -> list[BackboneInfo]:

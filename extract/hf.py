@@ -340,3 +340,38 @@ def build(spec: BackboneSpec, *, dtype: torch.dtype, device: str, random_init: b
     model = build_model(src, dtype=dtype, device=device, random_init=random_init, trust_remote_code=trust_remote_code)
     embed, text = final_embedding(model)
     return HFBuilt(model, pre, embed, text, plan_hf(model), src)
+
+
+# ---------------------------------------------------------------- describing without weights (sa backbones)
+
+# Native transformers configs with the same blocks, widths and parameters as remote-code repos, so `sa backbones`
+# can describe them without running (or having) their code. InternViT-6B-448px-V2_5: 45 layers of 3200 (25 heads,
+# qk RMS-norm, no qkv bias), MLP 12800, patch 14 at 448 px (REFERENCE.md; its config.json).
+KNOWN_SHAPES = {
+    "OpenGVLab/InternViT-6B-448px-V2_5": ("InternVLVisionConfig", dict(
+        hidden_size=3200, intermediate_size=12800, num_hidden_layers=45, num_attention_heads=25, image_size=[448, 448],
+        patch_size=[14, 14], use_qk_norm=True, norm_type="rms_norm", attention_bias=False, use_mean_pooling=True)),
+}
+
+
+def weights_cached(spec: BackboneSpec) -> bool:
+    """Whether the weights of `spec` are on this machine (a local folder, or safetensors in the HF cache snapshot)."""
+    if Path(spec.arch).expanduser().is_dir():
+        return True
+    try:
+        src = locate(spec, online=False, weights=False)
+    except SAError:
+        return False
+    return any(src.folder.glob("*.safetensors")) or any(src.folder.glob("*.bin"))
+
+
+def meta_model(spec: BackboneSpec) -> nn.Module:
+    """`spec`'s model on the meta device from its config (cached or known), never running remote code."""
+    transformers = ensure_transformers()
+    if spec.arch in KNOWN_SHAPES:
+        cls_name, kw = KNOWN_SHAPES[spec.arch]
+        config = getattr(transformers, cls_name)(**kw)
+        with torch.device("meta"), quiet_transformers():
+            return transformers.AutoModel.from_config(config)
+    src = locate(spec, online=False, weights=False)
+    return build_model(src, dtype=torch.float32, device="meta", random_init=False, trust_remote_code=False)

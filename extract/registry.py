@@ -74,6 +74,23 @@ ALIASES: dict[str, BackboneSpec] = {
         _timm("dinov2-g-reg", "vit_giant_patch14_reg4_dinov2", "lvd142m", "DINOv2 ViT-g/14 with 4 registers"),
         _timm("siglip-b16", "vit_base_patch16_siglip_224", "webli", "SigLIP ViT-B/16 (WebLI), no CLS token"),
         _hf("internvit-6b", "OpenGVLab/InternViT-6B-448px-V2_5", "InternViT-6B 448px V2.5 (HF remote code: --trust-remote-code)"),
+        # past the paper (frontier): DINOv3 (class + 4 storage tokens, RoPE), PE-Core and SigLIP2 (CLIP-style towers with
+        # their own image embedding), AIMv2 (no class token; final = timm's pooled pre-logits)
+        _timm("dinov3-s", "vit_small_patch16_dinov3", "lvd1689m", "DINOv3 ViT-S/16 (LVD-1689M), 4 storage tokens"),
+        _timm("dinov3-b", "vit_base_patch16_dinov3", "lvd1689m", "DINOv3 ViT-B/16 (LVD-1689M)"),
+        _timm("dinov3-l", "vit_large_patch16_dinov3", "lvd1689m", "DINOv3 ViT-L/16 (LVD-1689M)"),
+        _timm("dinov3-hplus", "vit_huge_plus_patch16_dinov3", "lvd1689m", "DINOv3 ViT-H+/16 (LVD-1689M)"),
+        _timm("dinov3-7b", "vit_7b_patch16_dinov3", "lvd1689m", "DINOv3 ViT-7B/16 (LVD-1689M)"),
+        _oc("pe-core-b16", "PE-Core-B-16", "meta", "Perception Encoder Core B/16 (224)"),
+        _oc("pe-core-l14", "PE-Core-L-14-336", "meta", "Perception Encoder Core L/14 (336)"),
+        _oc("pe-core-g14", "PE-Core-bigG-14-448", "meta", "Perception Encoder Core G/14 (448)"),
+        _oc("siglip2-b16", "ViT-B-16-SigLIP2", "webli", "SigLIP 2 ViT-B/16 (224), no CLS token"),
+        _oc("siglip2-so400m14", "ViT-SO400M-14-SigLIP2", "webli", "SigLIP 2 SO400M/14 (224), no CLS token"),
+        _oc("siglip2-g16", "ViT-gopt-16-SigLIP2-384", "webli", "SigLIP 2 g-opt/16 (384), no CLS token"),
+        _timm("aimv2-l", "aimv2_large_patch14_224", "apple_pt", "AIMv2 L/14 (224)"),
+        _timm("aimv2-h", "aimv2_huge_patch14_224", "apple_pt", "AIMv2 H/14 (224)"),
+        _timm("aimv2-1b", "aimv2_1b_patch14_224", "apple_pt", "AIMv2 1B/14 (224)"),
+        _timm("aimv2-3b", "aimv2_3b_patch14_224", "apple_pt", "AIMv2 3B/14 (224)"),
     ]
 }
 
