@@ -473,6 +473,11 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
         grid_png = out_dir / f"{base}-encoders.png"
         jobs.append(("encoders", lambda s=sec, p=grid_png: plot_encoder_grid(s, p)))
         md += ["### Encoder × backbone (best-layer test top-1)\n", _grid_markdown(sec), "", f"![encoder x backbone]({grid_png.name})", ""]
+    from sa.report.mix import mix_section
+
+    mix_md, mix_jobs = mix_section(rd, runs, out_dir)  # learned layer weights of --layers mix runs, if any
+    md += mix_md
+    jobs += mix_jobs
     with make_progress("plot", disable=not progress) as bar:
         task = bar.add_task("plotting", total=len(jobs))
         for kind, job in jobs:

@@ -18,6 +18,7 @@ _WHERE = {
     "top1_accuracy": "sa.train.evaluate",
     "Checkpoint": "sa.train.checkpoint", "load_checkpoint": "sa.train.checkpoint",
     "save_checkpoint": "sa.train.checkpoint",
+    "MixOptions": "sa.train.mix", "read_weights": "sa.train.mix",
     "ResultsDir": "sa.train.results", "summarize": "sa.train.summary", "BackboneSummary": "sa.train.summary",
 }
 __all__ = list(_WHERE)

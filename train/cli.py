@@ -46,7 +46,7 @@ def sweep_cmd(
     data: Path = data_option(),
     backbone: list[str] = typer.Option(..., "--backbone", "-b", help="Cache key, unique prefix or alias (e.g. clip-vit-b16); repeat or comma-separate for several."),
     cache: Optional[str] = cache_option(),
-    layers: str = typer.Option("all", "--layers", help="all | final | 1,4,8 | every:4 (the final layer is always added as the baseline)."),
+    layers: str = typer.Option("all", "--layers", help="all | final | 1,4,8 | every:4 (the final layer is always added as the baseline) | mix | mix:1,4,8 (one run that learns weights over those layers; docs/mix.md)."),
     pool: str = _pool(),
     encoders: str = typer.Option("eegproject", "--encoders", help="Comma list of brain encoders (eegproject, linear, tsconv, atms, eegnet, shallownet, eegconformer), or ridge (closed form, every layer in seconds; docs/analyses.md)."),
     subjects: str = typer.Option("all", "--subjects", help="all, or a comma list (sub-01,2,...)."),
@@ -64,6 +64,9 @@ def sweep_cmd(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask scheduler address: run jobs on that cluster (workers need the data and cache paths)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Run jobs on a local dask cluster of N worker processes."),
     categories: Optional[Path] = typer.Option(None, "--categories", help="CSV of concept,category rows (e.g. THINGS' high-level categories): adds concept_top5, the share of top-5 retrieved images from the target's category."),
+    mix_weights: str = typer.Option("heldout", "--mix-weights", help="With --layers mix: heldout (weights learn from held-out training concepts; default, chosen on validation: docs/mix.md), softmax, or entropy (softmax plus an entropy penalty favouring few layers)."),
+    mix_entropy: float = typer.Option(0.1, "--mix-entropy", help="With --mix-weights entropy: the penalty per nat of weight entropy."),
+    mix_per_subject: bool = typer.Option(False, "--mix-per-subject", help="With --layers mix and --loso: each training subject gets its own layer weights; the test subject gets their mean."),
     quiet: bool = quiet_option(),
 ) -> None:
     """Train every subject x backbone x layer x encoder x seed and print the best layer per backbone.
@@ -71,15 +74,17 @@ def sweep_cmd(
     One row per run goes to OUT/runs.csv (per-epoch losses to curves.csv); the
     best layer is chosen by validation top-1 and compared with the final layer.
     """
+    from sa.train.mix import MixOptions
     from sa.train.sweep import sweep
 
+    mix = MixOptions(variant=mix_weights, entropy=mix_entropy, per_subject=mix_per_subject)
     cfg = _config("eegproject", epochs, batch_size, lr, weight_decay, embed_dim, temperature, fixed_temperature,
                   no_image_proj, select, device, precision)
     res = sweep(data, backbone, cache=cache, layers=layers, pool=pool, encoders=encoders, subjects=subjects, seeds=seeds,
                 out=out, loso=loso, gallery_cache=gallery, config=cfg, channels=channels, window=window,
                 single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
                 image_root=images, meta=meta, scheduler=scheduler, workers=workers, progress=not quiet, console=console,
-                categories=categories)
+                mix=mix, categories=categories)
     console.print(f"{res.trained} run(s) trained, {res.skipped} already in {res.results.runs_path}.")
 
 

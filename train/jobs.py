@@ -97,6 +97,7 @@ class Job:
     cfg: TrainConfig
     backbone: dict = field(default_factory=dict)  # name, params, n_blocks, depth per layer
     categories: str | None = None  # --categories CSV (concept,category): adds concept_top5 (sa.train.concepts)
+    mix: dict | None = None  # a mix run's {"label", "layers", "options" (sa.train.mix.MixOptions)}: --layers mix
 
     @property
     def title(self) -> str:
@@ -166,12 +167,19 @@ class Loader:
             ids = np.concatenate([subj.train.image_ids, subj.val.image_ids, subj.test.image_ids])
             self._tables[key] = FeatureTable(group, ids)
         table = self._tables[key]
-        layers = sorted({lyr for lyr, _, _ in job.runs})
+        layers = feature_layers(job)
         if job.gallery_key:
             other = self.root(job.cache).open(job.gallery_key)
             check_widths(table.group, other, job.pool, layers)
             return table, concept_gallery(other, subj.test, job.pool, layers)
         return table, stimulus_gallery(table, subj.test, job.pool, layers)
+
+
+def feature_layers(job: Job) -> list[str]:
+    """The cache layers a job reads: its runs' layers, with a mix run's layers in place of its label."""
+    mix = job.mix or {}
+    plain = {lyr for lyr, _, _ in job.runs if lyr != mix.get("label")}
+    return sorted(plain | set(mix.get("layers") or ()))
 
 
 def precision_name(cfg: TrainConfig) -> str:
@@ -219,7 +227,7 @@ def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = Fal
     loader = loader or Loader()
     subj = loader.subject(job)
     table, gallery = loader.features(job)
-    layers = sorted({lyr for lyr, _, _ in job.runs})
+    layers = feature_layers(job)
     health = layer_health(table, job.pool, layers)
     if job.gallery_key:  # concept centres come from another group: check them too, the worse verdict wins
         for lyr in layers:
@@ -243,8 +251,16 @@ def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = Fal
                              specs, cfg, test_targets=gallery.targets, progress=False,
                              val_ids=subj.val.image_ids if has_val else None)
         trained = dict(zip(todo, results))
+    mixed: dict = {}
+    if job.mix:  # one run per seed whose image side mixes the job's mix layers (sa.train.mix)
+        from sa.train.mix import train_mix_job
+
+        mixed = train_mix_job(job, subj, table, gallery, health, cfg, has_val, _row, keep_models)
     out = []
     for lyr, seed, rid in job.runs:
+        if (lyr, seed) in mixed:
+            out.append(mixed[(lyr, seed)])
+            continue
         res = trained.get((lyr, seed))
         status = STATUS_DIVERGED if res is not None and res.diverged else health[lyr]
         if res is not None and res.diverged and health[lyr] != STATUS_OK:
@@ -276,6 +292,11 @@ def record(results: Any, outputs: Iterable[tuple[dict, list[dict]] | tuple[dict,
     for item in outputs:
         row, curves = item[0], item[1]
         results.append_curves(row["run_id"], curves)
+        if "mix_weights" in row:  # a mix run's learned layer weights go to mix_weights.csv, before its row
+            from sa.train.mix import append_weights
+
+            row = dict(row)
+            append_weights(results, row.pop("mix_weights"))
         results.append_run(row)
         n += 1
     return n

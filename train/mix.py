@@ -3,10 +3,11 @@
 Each chosen layer gets its own linear projector into the shared space; the
 projections are L2-normalised and summed with weights softmax(gain * a) over
 layers, so a weight is the layer's share of the image embedding. The
-projectors are one (L, n, D) x (L, D, d) bmm: the layers' features travel as one
-(n, L * D_max [+ S]) matrix, each layer zero-padded to the widest and
-standardised by its training rows' mean and RMS (stored as buffers, so test
-features are scaled the same way). Variants (`MIX_VARIANTS`): plain softmax,
+layers' features travel as one (n, sum D [+ S] [+ 1]) matrix, grouped by
+width, and the projectors of each width are one (|g|, n, D) x (|g|, D, d) bmm
+(one bmm in all for a ViT, a few for a CNN; nothing is padded). Each layer is
+standardised by its training rows' mean and RMS (buffers, so test features
+are scaled the same way). Variants (`MIX_VARIANTS`): plain softmax,
 or softmax plus an entropy penalty that pushes the weights towards few layers.
 
 Per subject (`--mix-per-subject`, LOSO): the last S columns hold a one-hot of
@@ -45,11 +46,12 @@ MIX_VARIANTS: dict[str, str] = {
     "heldout": "softmax whose logits learn only from held-out training concepts (MixOptions.holdout), the projectors "
                "and encoder only from the rest, so a layer that merely fits the training rows gains no weight",
 }
-DEFAULT_VARIANT = "softmax"
+DEFAULT_VARIANT = "heldout"
 DEFAULT_ENTROPY = 0.1  # penalty per nat of weight entropy (the CLIP loss is ~log(batch) nats)
-# How far (in logit units) one AdamW step may move a layer logit, whatever --lr is: the logits get gain = RATE / lr,
-# which for Adam is the same as giving them their own learning rate RATE.
-DEFAULT_RATE = 0.05
+# How far (in logit units) the layer logits may travel over the whole run, whatever --lr, the data size or --epochs:
+# the logits get gain = TRAVEL / (steps * lr), which for Adam is their own learning rate TRAVEL / steps. Measured on
+# validation by bench/mix.py (docs/mix.md): ~8 units suits both a 45-step and a 165-step run.
+DEFAULT_TRAVEL = 8.0
 DEFAULT_HOLDOUT = 0.2  # share of training concepts whose rows train the weights of the 'heldout' variant
 MIX_WEIGHTS_FILE = "mix_weights.csv"
 MIX_COLUMNS = ("run_id", "subject", "layer", "depth", "weight")
@@ -64,11 +66,11 @@ def is_mix(label: str) -> bool:
 
 @dataclass(frozen=True)
 class MixOptions:
-    """How a mix run weighs its layers: the variant, its entropy penalty, the logit rate, per-subject weights."""
+    """How a mix run weighs its layers: the variant, its entropy penalty, the logits' travel, per-subject weights."""
 
     variant: str = DEFAULT_VARIANT
     entropy: float = DEFAULT_ENTROPY
-    rate: float = DEFAULT_RATE
+    travel: float = DEFAULT_TRAVEL
     per_subject: bool = False
     holdout: float = DEFAULT_HOLDOUT
 
@@ -76,17 +78,17 @@ class MixOptions:
         """SAError naming the option that cannot work."""
         if self.variant not in MIX_VARIANTS:
             raise SAError(f"--mix-weights {self.variant!r} is not known; use one of {', '.join(MIX_VARIANTS)}.")
-        for name, value in (("--mix-entropy", self.entropy), ("mix rate", self.rate)):
+        for name, value in (("--mix-entropy", self.entropy), ("mix travel", self.travel)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise SAError(f"{name} {value} must be a finite number of at least 0.")
         if not 0 < self.holdout < 1:
             raise SAError(f"mix holdout {self.holdout} must lie between 0 and 1 (a share of the training concepts).")
-        if self.rate <= 0:
-            raise SAError(f"mix rate {self.rate} must be above 0 (the logit step per update).")
+        if self.travel <= 0:
+            raise SAError(f"mix travel {self.travel} must be above 0 (how far the layer logits may move in a run).")
 
     def id_fields(self) -> dict[str, Any]:
         """The options as they enter a mix run's id (the penalty only where it acts)."""
-        out: dict[str, Any] = {"variant": self.variant, "rate": self.rate, "per_subject": self.per_subject}
+        out: dict[str, Any] = {"variant": self.variant, "travel": self.travel, "per_subject": self.per_subject}
         if self.variant == "entropy":
             out["entropy"] = self.entropy
         if self.variant == "heldout":
@@ -115,26 +117,50 @@ def mix_layers(spec: str, group: Any, pool: str) -> tuple[str, list[str]]:
 # ---------------------------------------------------------------- the model
 
 
+def width_groups(widths: Sequence[int]) -> list[list[int]]:
+    """Layer indices grouped by feature width, in order of first appearance: one bmm per group, no padding."""
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(widths):
+        groups.setdefault(int(w), []).append(i)
+    return list(groups.values())
+
+
+def column_order(widths: Sequence[int]) -> list[int]:
+    """The layers in the order their columns sit in the stacked feature matrix (grouped by width)."""
+    return [i for g in width_groups(widths) for i in g]
+
+
 class MixProjector(nn.Module):
-    """(n, L*D [+S]) padded, stacked layer features -> (n, d): per-layer Linear (one bmm), normalise, weighted sum."""
+    """(n, sum D [+S] [+1]) stacked layer features -> (n, d): per-layer Linear (one bmm per width), normalise, weigh."""
 
     def __init__(self, widths: Sequence[int], embed_dim: int, mean: np.ndarray, scale: np.ndarray,
                  n_subjects: int = 0, gain: float = 1.0, entropy: float = 0.0, flag: bool = False) -> None:
         super().__init__()
-        n_layers, width = len(widths), max(widths)
-        self.widths, self.width, self.n_subjects, self.flag = list(widths), width, n_subjects, flag
-        weight = torch.zeros(n_layers, width, embed_dim)
-        bias = torch.empty(n_layers, embed_dim)
-        for i, w in enumerate(widths):  # nn.Linear's default init per layer; padded rows stay zero (zero input)
+        n_layers = len(widths)
+        self.widths, self.n_subjects, self.flag = [int(w) for w in widths], n_subjects, flag
+        self.groups = width_groups(self.widths)
+        self.body = int(sum(self.widths))
+        order = column_order(self.widths)
+        self.unorder = [order.index(i) for i in range(n_layers)]  # group order -> layer order (a constant)
+        weights, biases = [], []
+        for g in self.groups:  # nn.Linear's default init, layer by layer
+            w = self.widths[g[0]]
             bound = 1 / math.sqrt(w)
-            nn.init.uniform_(weight[i, :w], -bound, bound)
-            nn.init.uniform_(bias[i], -bound, bound)
-        self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+            weights.append(nn.Parameter(torch.empty(len(g), w, embed_dim).uniform_(-bound, bound)))
+            biases.append(nn.Parameter(torch.empty(len(g), embed_dim).uniform_(-bound, bound)))
+        self.weights, self.biases = nn.ParameterList(weights), nn.ParameterList(biases)
         self.logits = nn.Parameter(torch.zeros(max(n_subjects, 1), n_layers))
-        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)).reshape(n_layers, width))
-        self.register_buffer("inv_scale", torch.as_tensor(1.0 / np.asarray(scale, np.float32)).reshape(n_layers))
+        col_scale = np.concatenate([np.full(self.widths[i], 1.0 / float(scale[i]), np.float32) for i in order])
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, np.float32)).reshape(self.body))
+        self.register_buffer("col_scale", torch.as_tensor(col_scale))
         self.register_buffer("gain", torch.tensor(float(gain)))
         self.register_buffer("entropy", torch.tensor(float(entropy)))
+
+    def layer_linear(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight (D_i, d), bias (d,)) of layer i's projector."""
+        k = next(k for k, g in enumerate(self.groups) if i in g)
+        j = self.groups[k].index(i)
+        return self.weights[k][j], self.biases[k][j]
 
     def probs(self) -> torch.Tensor:
         """(max(S, 1), L) layer weights: one row per training subject (one shared row without subjects)."""
@@ -151,12 +177,14 @@ class MixProjector(nn.Module):
 
     def parts(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(unit projections (L, n, d), per-row weights (n, L), held-out flag (n,) or None) of a feature batch."""
-        n, n_layers = feats.shape[0], len(self.widths)
-        body = n_layers * self.width
-        f = feats[:, :body].reshape(n, n_layers, self.width)
-        f = ((f - self.mean) * self.inv_scale[:, None]).transpose(0, 1)  # (L, n, D)
-        proj = torch.baddbmm(self.bias[:, None, :], f, self.weight)  # (L, n, d): all projectors in one bmm
-        unit = F.normalize(proj, dim=-1)
+        n, n_layers, body = feats.shape[0], len(self.widths), self.body
+        f = (feats[:, :body] - self.mean) * self.col_scale
+        proj, start = [], 0
+        for g, w, b in zip(self.groups, self.weights, self.biases):  # one bmm per width: (|g|, n, D) x (|g|, D, d)
+            block = f[:, start: start + len(g) * w.shape[1]].reshape(n, len(g), w.shape[1]).transpose(0, 1)
+            proj.append(torch.baddbmm(b[:, None, :], block, w))
+            start += len(g) * w.shape[1]
+        unit = F.normalize(torch.cat(proj)[self.unorder], dim=-1)  # (L, n, d) in layer order
         shared = self.shared()
         if self.n_subjects:
             onehot = feats[:, body: body + self.n_subjects]
@@ -205,15 +233,12 @@ class MixSpec:
 
     layers: list[str]
     widths: list[int]
-    mean: np.ndarray  # (L, D_max) per-layer feature means (zero-padded)
+    mean: np.ndarray  # (sum D,) the layers' feature means, in column order
     scale: np.ndarray  # (L,) per-layer RMS distance from the mean
     options: MixOptions
     lr: float
+    steps: int  # optimiser steps of the run (epochs x batches)
     subjects: list[str] = field(default_factory=list)  # training subjects, in one-hot column order (per-subject only)
-
-    @property
-    def width(self) -> int:
-        return max(self.widths)
 
     @property
     def heldout(self) -> bool:
@@ -222,48 +247,49 @@ class MixSpec:
     @property
     def n_columns(self) -> int:
         """Columns of the stacked feature matrix: layers, subject one-hot, held-out flag."""
-        return len(self.layers) * self.width + len(self.subjects) + int(self.heldout)
+        return int(sum(self.widths)) + len(self.subjects) + int(self.heldout)
 
     def build(self, encoder: nn.Module, embed_dim: int, cfg: Any) -> MixAlignModel:
         """The run's model around an already-initialised brain encoder (called by the trainer after seeding)."""
         model = MixAlignModel(encoder, self.n_columns, embed_dim, False, cfg.temperature, cfg.learn_temperature)
         entropy = self.options.entropy if self.options.variant == "entropy" else 0.0
         model.image = MixProjector(self.widths, embed_dim, self.mean, self.scale, len(self.subjects),
-                                   gain=self.options.rate / self.lr, entropy=entropy, flag=self.heldout)
+                                   gain=self.options.travel / (self.steps * self.lr), entropy=entropy, flag=self.heldout)
         return model
 
 
 def fit_spec(train_feats: Mapping[str, np.ndarray], layers: Sequence[str], options: MixOptions, lr: float,
-             subjects: Sequence[str] = ()) -> MixSpec:
+             subjects: Sequence[str] = (), steps: int = 1) -> MixSpec:
     """A MixSpec whose standardisation comes from the training rows only."""
     widths = [int(train_feats[lyr].shape[1]) for lyr in layers]
-    width = max(widths)
-    mean = np.zeros((len(layers), width), np.float32)
+    means: dict[int, np.ndarray] = {}
     scale = np.ones(len(layers), np.float32)
     for i, lyr in enumerate(layers):
         f = np.asarray(train_feats[lyr], np.float64)
-        mu = f.mean(axis=0)
-        rms = float(np.sqrt(np.mean(np.sum((f - mu) ** 2, axis=1))))
-        mean[i, : widths[i]] = mu
+        means[i] = f.mean(axis=0)
+        rms = float(np.sqrt(np.mean(np.sum((f - means[i]) ** 2, axis=1))))
         scale[i] = rms if rms > 0 and math.isfinite(rms) else 1.0
-    return MixSpec(list(layers), widths, mean, scale, options, float(lr), list(subjects))
+    mean = np.concatenate([means[i] for i in column_order(widths)]).astype(np.float32)
+    return MixSpec(list(layers), widths, mean, scale, options, float(lr), max(1, int(steps)), list(subjects))
 
 
 def stack_features(feats: Mapping[str, np.ndarray], spec: MixSpec, subjects: Sequence[str] | None = None,
                    heldout: np.ndarray | None = None) -> np.ndarray:
-    """(n, L * D_max + S [+1]) float32: each layer's rows zero-padded to D_max, the subject one-hot (zeros if None),
+    """(n, sum D + S [+1]) float32: the layers' features (grouped by width), the subject one-hot (zeros if None),
     and for the 'heldout' variant a last column that is 1 on rows that train the weights (zeros if None)."""
     n = len(feats[spec.layers[0]])
     out = np.zeros((n, spec.n_columns), np.float32)
     if spec.heldout and heldout is not None:
         out[:, -1] = np.asarray(heldout, np.float32)
-    for i, lyr in enumerate(spec.layers):
-        out[:, i * spec.width: i * spec.width + spec.widths[i]] = feats[lyr]
+    start = 0
+    for i in column_order(spec.widths):
+        out[:, start: start + spec.widths[i]] = feats[spec.layers[i]]
+        start += spec.widths[i]
     if spec.subjects and subjects is not None:
         col = {s: k for k, s in enumerate(spec.subjects)}
         rows = np.fromiter((col.get(str(s), -1) for s in subjects), np.int64, count=n)
         known = rows >= 0
-        out[np.flatnonzero(known), len(spec.layers) * spec.width + rows[known]] = 1.0
+        out[np.flatnonzero(known), start + rows[known]] = 1.0
     return out
 
 
@@ -352,7 +378,9 @@ def train_mix(subj: Any, table: Any, gallery_feats: Mapping[str, np.ndarray], ta
         subjects = list(dict.fromkeys(str(s) for s in subj.train.subjects))
     has_val = len(subj.val) > 0
     train_f = split_features(table, subj.train, pool, layers)
-    spec = fit_spec(train_f, layers, options, cfg.lr, subjects)
+    n = len(subj.train)
+    steps = cfg.epochs * sum(1 for s in range(0, n, cfg.batch_size) if n - s >= 2)  # as the trainer counts them
+    spec = fit_spec(train_f, layers, options, cfg.lr, subjects, steps)
     weigh = None
     if spec.heldout:  # a seeded share of the training concepts trains the weights (never validation or test rows)
         from sa.brain.data import validation_concepts

@@ -211,6 +211,8 @@ def summarize_backbone(rows: Sequence[Row], variant: tuple[tuple[str, str], ...]
     for r in rows:
         if str(r["layer"]) == "final":
             final_rows.append(r)
+        elif str(r["layer"]).startswith("mix"):  # a learned mix of layers is not a layer to choose (docs/mix.md)
+            continue
         else:
             by_layer[(str(r.get("pool") or ""), str(r["layer"]))].append(r)
     head = rows[0]
@@ -270,7 +272,7 @@ def summarize(runs: Iterable[Row]) -> list[BackboneSummary]:
     by the columns that differ (`BackboneSummary.variant`). A backbone extracted twice (two cache keys, e.g.
     other weights) is two rows, named with the key. A run id written twice counts once (the last row).
     """
-    unique = list({str(r["run_id"]): r for r in runs}.values())
+    unique = [r for r in {str(r["run_id"]): r for r in runs}.values() if not str(r["layer"]).startswith("mix")]
     by_fold: dict[tuple[str, str], list[Row]] = defaultdict(list)
     for r in unique:
         by_fold[(str(r["dataset"]), str(r["fold"]))].append(r)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from sa.errors import SAError
 from sa.train.distributed import run_jobs_dask
+from sa.train.mix import MixOptions, is_mix, mix_layers
 from sa.train.jobs import DataOptions, Job, Loader, check_training, data_options, record, train_job
 from sa.train.trainer import TrainConfig
 
@@ -139,7 +140,8 @@ def dataset_ids(ds: Any, subjects: Sequence[str]) -> list[str]:
 
 def plan_jobs(*, data: Any, ds: Any, root: Any, backbones: Sequence[str], layers: str | Sequence[str], pool: str,
               encoders: Sequence[str], subjects: Sequence[str], seeds: Sequence[int], loso: bool, cfg: TrainConfig,
-              options: DataOptions, gallery_cache: str | None, seeds_per_job: int | None = None) -> list[Job]:
+              options: DataOptions, gallery_cache: str | None, seeds_per_job: int | None = None,
+              mix: Any = None) -> list[Job]:
     """Every job of the sweep (including runs that are already done), in subject-major order."""
     from sa.train.features import expand_layers, layer_depth, resolve_group, resolve_pool
 
@@ -151,25 +153,35 @@ def plan_jobs(*, data: Any, ds: Any, root: Any, backbones: Sequence[str], layers
     for b in backbones:
         group = resolve_group(root, b, ids)
         p = resolve_pool(group, pool) if layers != "final" else (pool if pool != "auto" else "")
-        lyr = expand_layers(layers, group, p) if layers != "final" else expand_layers("final", group, p or "mean")
+        mixing = None
+        if is_mix(layers):  # one run per seed over the chosen layers (sa.train.mix)
+            label, mixed_layers = mix_layers(layers, group, p)
+            mixing = {"label": label, "layers": mixed_layers, "options": mix or MixOptions()}
+            lyr = [label]
+        else:
+            lyr = expand_layers(layers, group, p) if layers != "final" else expand_layers("final", group, p or "mean")
         bmeta = group.manifest.get("backbone") or {}
         meta = {"name": bmeta.get("name") or group.backbone_key, "params": bmeta.get("params"),
                 "n_blocks": bmeta.get("n_blocks"), "depth": {lbl: layer_depth(group, lbl) for lbl in lyr}}
+        if mixing:
+            meta["depth"].update({lbl: layer_depth(group, lbl) for lbl in mixing["layers"]})
         gkey = gallery_key_for(root, gallery_cache, group) if gallery_cache else None
-        groups.append((group, p, lyr, meta, gkey))
+        groups.append((group, p, lyr, meta, gkey, mixing))
     jobs = []
     fold = "loso" if loso else "intra"
     for subject in subjects:
-        for group, p, lyr, meta, gkey in groups:
+        for group, p, lyr, meta, gkey, mixing in groups:
             for enc in encoders:
                 for sg in seed_groups:
                     fields = {"dataset": name, "subject": subject, "fold": fold, "cache_key": group.key,
                               "encoder": enc, "gallery": gkey}
+                    if mixing:
+                        fields["mix"] = mixing["options"].id_fields()
                     runs = [(lbl, s, make_run_id({**fields, "pool": "" if lbl == "final" else p}, lbl, s, cfg, options))
                             for s in sg for lbl in lyr]
                     jobs.append(Job(data=os.path.abspath(os.fspath(data)), dataset=name, subject=subject, fold=fold,
                                     options=options, cache=root.url, cache_key=group.key, gallery_key=gkey, pool=p,
-                                    encoder=enc, runs=runs, cfg=cfg, backbone=meta))
+                                    encoder=enc, runs=runs, cfg=cfg, backbone=meta, mix=mixing))
     return jobs
 
 
@@ -182,7 +194,7 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
           gallery_cache: str | None = None, config: TrainConfig | None = None, channels: Any = "all",
           window: Any = None, single_trials: bool = False, val_fraction: float = 0.1, split_seed: int = 0,
           layout: str = "auto", image_root: Any = None, meta: Any = None, scheduler: str | None = None, workers: int | None = None,
-          seeds_per_job: int | None = None, progress: bool = True, console: Any = None,
+          seeds_per_job: int | None = None, progress: bool = True, console: Any = None, mix: Any = None,
           on_job: Callable[[Job, int], None] | None = None, categories: Any = None) -> SweepResult:
     """Run (or resume) a sweep and return its summary and results folder.
 
@@ -196,6 +208,14 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
     cfg = config or TrainConfig()
     options = data_options(channels, window, single_trials, val_fraction, split_seed, layout, image_root, meta)
     check_training(cfg, options)
+    layer_text = (layers if isinstance(layers, str) else ",".join(map(str, layers))).strip().lower()
+    if mix is not None:
+        mix.check()
+        if mix.per_subject and not (is_mix(layer_text) and loso):
+            raise SAError("--mix-per-subject gives each training subject its own layer weights; it needs --layers mix "
+                          "and --loso.")
+    if is_mix(layer_text) and not cfg.image_proj:
+        raise SAError("--layers mix projects every layer into the shared space; drop --no-image-proj.")
     seed_list = parse_seeds(seeds)
     encoder_names = [canonical_encoder(e) for e in parse_names(encoders)]
     results = ResultsDir(out)
@@ -207,7 +227,7 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
     layer_spec = layers if isinstance(layers, str) else ",".join(map(str, layers))
     jobs = plan_jobs(data=data, ds=ds, root=root, backbones=parse_names(backbones), layers=layer_spec.strip().lower(),
                      pool=pool, encoders=encoder_names, subjects=subject_names, seeds=seed_list, loso=loso, cfg=cfg,
-                     options=options, gallery_cache=gallery_cache, seeds_per_job=seeds_per_job)
+                     options=options, gallery_cache=gallery_cache, seeds_per_job=seeds_per_job, mix=mix)
     if categories is not None:  # --categories: every test concept needs a category before anything is trained
         from sa.train.concepts import check_concepts, read_categories
         from sa.brain.things import concepts_of_ids
@@ -321,6 +341,9 @@ def train_one(data: Any, backbone: str, *, out: Any, cache: Any = None, layer: s
         subject = ds.subjects[0]
     root = open_root(cache if cache is not None else default_root(), read_only=True)
     label = str(layer).strip().lower()
+    if is_mix(label):
+        raise SAError(f"--layer {layer} is a mix of layers, which `sa train` does not save as a checkpoint yet; "
+                      "train it with `sa sweep --layers mix` (its row and weights go to the results folder).")
     (job,) = plan_jobs(data=data, ds=ds, root=root, backbones=[backbone], layers=label, pool=pool,
                        encoders=[canonical_encoder(encoder)], subjects=[ds.subject_name(subject)], seeds=[int(seed)],
                        loso=loso, cfg=cfg, options=options, gallery_cache=gallery_cache)
