@@ -27,7 +27,7 @@ from torch import nn
 from sa._compat import ensure_torchvision
 from sa.errors import DamagedError, SAError
 from sa.extract.layers import PLANNERS, LayerPlan
-from sa.extract.registry import BackboneSpec, resolve
+from sa.extract.registry import ALIAS_SHAPES, BackboneSpec, resolve
 from sa.extract.transforms import (
     Preprocess,
     _weights_enum,
@@ -583,10 +583,19 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-def describe(name: Union[str, BackboneSpec]) -> BackboneInfo:
-    """Blocks, width and parameter count of a backbone built on the meta device, and whether its weights are local."""
-    ensure_torchvision()
+def describe(name: Union[str, BackboneSpec], *, build: bool = False) -> BackboneInfo:
+    """Blocks, width and parameter count of a backbone, and whether its weights are local.
+
+    Aliases come from their recorded shape (registry.ALIAS_SHAPES) unless `build`; any other name is built on
+    the meta device.
+    """
     spec = name if isinstance(name, BackboneSpec) else resolve(name)
+    if not build and spec.name in ALIAS_SHAPES and spec == resolve(spec.name):
+        blocks, width, params = ALIAS_SHAPES[spec.name]
+        return BackboneInfo(name=spec.name, generic=spec.generic, blocks=blocks, width=width, params=params,
+                            pretrained=spec.pretrained or ("main" if spec.source == "hf" else "default"),
+                            local=_weights_local(spec), description=spec.description)
+    ensure_torchvision()
     if spec.source == "hf":
         return _describe_hf(spec)
     with torch.device("meta"), _quiet_root_logger():
@@ -612,6 +621,15 @@ def describe(name: Union[str, BackboneSpec]) -> BackboneInfo:
         local=local is not None,
         description=spec.description,
     )
+
+
+def _weights_local(spec: BackboneSpec) -> bool:
+    """Whether the backbone's weights are on this machine (hf: the HF cache snapshot)."""
+    if spec.source == "hf":
+        from sa.extract.hf import weights_cached
+
+        return weights_cached(spec)
+    return pretrained_location(spec)[1] is not None
 
 
 def _describe_hf(spec: BackboneSpec) -> BackboneInfo:

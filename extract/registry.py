@@ -95,6 +95,47 @@ ALIASES: dict[str, BackboneSpec] = {
 }
 
 
+# Blocks, width and parameters of every alias, as its meta-device build gives them, so that `sa backbones`
+# lists them at once (building DINOv3-7B or EVA-02-E even on the meta device takes seconds each).
+# tests/test_backbones.py::test_alias_shapes_equal_their_meta_build re-derives every row.
+ALIAS_SHAPES: dict[str, tuple[int, int, int]] = {
+    "clip-rn50": (4, 2048, 38316896),
+    "clip-rn101": (4, 2048, 56259936),
+    "clip-vit-b16": (12, 768, 86192640),
+    "clip-vit-b32": (12, 768, 87849216),
+    "clip-vit-l14": (24, 1024, 303966208),
+    "clip-vit-h14": (32, 1280, 632076800),
+    "clip-vit-g14": (40, 1408, 1012645632),
+    "clip-vit-bigg14": (48, 1664, 1844907264),
+    "eva02-e14": (64, 1792, 4350556928),
+    "dinov2-s": (12, 384, 22056192),
+    "dinov2-b": (12, 768, 86579712),
+    "dinov2-l": (24, 1024, 304367616),
+    "dinov2-g": (40, 1536, 1136479232),
+    "dinov2-s-reg": (12, 384, 22057344),
+    "dinov2-b-reg": (12, 768, 86582016),
+    "dinov2-l-reg": (24, 1024, 304370688),
+    "dinov2-g-reg": (40, 1536, 1136483840),
+    "siglip-b16": (12, 768, 92884224),
+    "internvit-6b": (45, 3200, 5536496000),
+    "dinov3-s": (12, 384, 21586944),
+    "dinov3-b": (12, 768, 85641216),
+    "dinov3-l": (24, 1024, 303079424),
+    "dinov3-hplus": (32, 1280, 840509440),
+    "dinov3-7b": (40, 4096, 6716030976),
+    "pe-core-b16": (12, 768, 93673984),
+    "pe-core-l14": (24, 1024, 317152256),
+    "pe-core-g14": (50, 1536, 1882033920),
+    "siglip2-b16": (12, 768, 92884224),
+    "siglip2-so400m14": (27, 1152, 427680704),
+    "siglip2-g16": (40, 1536, 1163659776),
+    "aimv2-l": (24, 1024, 309197824),
+    "aimv2-h": (24, 1536, 680851968),
+    "aimv2-1b": (24, 2048, 1234958336),
+    "aimv2-3b": (24, 3072, 2720658432),
+}
+
+
 def library_models(source: str) -> list[str]:
     """Every architecture name the library itself knows (imports it; used for suggestions)."""
     from sa._compat import ensure_torchvision

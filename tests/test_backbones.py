@@ -250,3 +250,27 @@ def test_a_weights_file_without_a_tag_is_refused_when_the_tags_preprocess_differ
     assert siglip.input_size == (256, 256) and "CenterCrop" not in siglip.transform_text
     named = load_backbone("timm:efficientnet_b0.ra_in1k", weights=f, device="meta")
     assert "'ra_in1k'" in named.transform_source
+
+
+def _shape_of(name):
+    from sa.extract.backbones import describe
+
+    info = describe(name, build=True)
+    return info.blocks, info.width, info.params
+
+
+@pytest.mark.parametrize("name", ["clip-rn50", "clip-vit-b16", "dinov2-s-reg", "siglip-b16", "dinov3-s", "aimv2-l"])
+def test_alias_shapes_equal_their_meta_build(name):
+    """`sa backbones` lists aliases from a recorded table; each row is what the library's own meta build gives."""
+    from sa.extract.registry import ALIAS_SHAPES
+
+    assert ALIAS_SHAPES[name] == _shape_of(name)
+
+
+@pytest.mark.slow
+def test_every_alias_shape_equals_its_meta_build():
+    from sa.extract.registry import ALIAS_SHAPES, ALIASES
+
+    assert set(ALIAS_SHAPES) == set(ALIASES)
+    wrong = {n: (ALIAS_SHAPES[n], _shape_of(n)) for n in ALIASES if ALIAS_SHAPES[n] != _shape_of(n)}
+    assert not wrong
