@@ -67,6 +67,7 @@ def sweep_cmd(
     mix_weights: str = typer.Option("heldout", "--mix-weights", help="With --layers mix: heldout (weights learn from held-out training concepts; default, chosen on validation: docs/mix.md), softmax, or entropy (softmax plus an entropy penalty favouring few layers)."),
     mix_entropy: float = typer.Option(0.1, "--mix-entropy", help="With --mix-weights entropy: the penalty per nat of weight entropy."),
     mix_per_subject: bool = typer.Option(False, "--mix-per-subject", help="With --layers mix and --loso: each training subject gets its own layer weights; the test subject gets their mean."),
+    save_embeddings: bool = typer.Option(False, "--save-embeddings", help="Keep each run's projected test embeddings (embeddings/<run_id>.npz, ~0.8 MB per THINGS run at embed dim 1024) for the report's UMAP."),
     quiet: bool = quiet_option(),
 ) -> None:
     """Train every subject x backbone x layer x encoder x seed and print the best layer per backbone.
@@ -84,7 +85,7 @@ def sweep_cmd(
                 out=out, loso=loso, gallery_cache=gallery, config=cfg, channels=channels, window=window,
                 single_trials=single_trials, val_fraction=val_fraction, split_seed=split_seed, layout=layout,
                 image_root=images, meta=meta, scheduler=scheduler, workers=workers, progress=not quiet, console=console,
-                mix=mix, categories=categories)
+                mix=mix, categories=categories, save_embeddings=save_embeddings)
     console.print(f"{res.trained} run(s) trained, {res.skipped} already in {res.results.runs_path}.")
 
 

@@ -98,6 +98,7 @@ class Job:
     backbone: dict = field(default_factory=dict)  # name, params, n_blocks, depth per layer
     categories: str | None = None  # --categories CSV (concept,category): adds concept_top5 (sa.train.concepts)
     mix: dict | None = None  # a mix run's {"label", "layers", "options" (sa.train.mix.MixOptions)}: --layers mix
+    save_embeddings: bool = False  # --save-embeddings: each run's test embeddings to embeddings/<run_id>.npz
 
     @property
     def title(self) -> str:
@@ -271,6 +272,12 @@ def train_job(job: Job, loader: Loader | None = None, *, keep_models: bool = Fal
 
             row["concept_top5"] = run_concept_top5(res, subj.test.x, gallery.feats[lyr], gallery.targets,
                                                    gallery.labels, read_categories(job.categories))
+        if job.save_embeddings and res is not None and status != STATUS_DIVERGED:  # for the report's UMAP
+            from sa.train.concepts import read_categories
+            from sa.train.embeddings import embedding_arrays
+
+            row["embeddings"] = embedding_arrays(res, subj.test.x, gallery.feats[lyr], gallery.labels, gallery.targets,
+                                                 read_categories(job.categories) if job.categories else None)
         out.append((row, [] if res is None else res.curves, res.model if keep_models and res is not None else None))
     return out
 
@@ -297,6 +304,11 @@ def record(results: Any, outputs: Iterable[tuple[dict, list[dict]] | tuple[dict,
 
             row = dict(row)
             append_weights(results, row.pop("mix_weights"))
+        if "embeddings" in row:  # --save-embeddings: the npz first, then the row that marks the run finished
+            from sa.train.embeddings import save_embeddings
+
+            row = dict(row)
+            save_embeddings(results.path, row["run_id"], row.pop("embeddings"))
         results.append_run(row)
         n += 1
     return n

@@ -195,7 +195,8 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
           window: Any = None, single_trials: bool = False, val_fraction: float = 0.1, split_seed: int = 0,
           layout: str = "auto", image_root: Any = None, meta: Any = None, scheduler: str | None = None, workers: int | None = None,
           seeds_per_job: int | None = None, progress: bool = True, console: Any = None, mix: Any = None,
-          on_job: Callable[[Job, int], None] | None = None, categories: Any = None) -> SweepResult:
+          on_job: Callable[[Job, int], None] | None = None, categories: Any = None,
+          save_embeddings: bool = False) -> SweepResult:
     """Run (or resume) a sweep and return its summary and results folder.
 
     config holds the training options (TrainConfig; its encoder is overridden per
@@ -237,6 +238,8 @@ def sweep(data: Any, backbones: str | Sequence[str], *, cache: Any = None, layer
             check_concepts(table, concepts_of_ids(ds.raw(s).test.image_ids), os.fspath(categories))
         for j in jobs:
             j.categories = os.path.abspath(os.fspath(categories))
+    for j in jobs:
+        j.save_embeddings = save_embeddings  # each run's test embeddings for the report's UMAP
     with results.writing(f"sa sweep into {results.path}"):
         done = results.existing_run_ids()
         all_ids = [rid for j in jobs for _, _, rid in j.runs]
@@ -334,6 +337,10 @@ def train_one(data: Any, backbone: str, *, out: Any, cache: Any = None, layer: s
     options = data_options(channels, window, single_trials, val_fraction, split_seed, layout, image_root, meta)
     check_training(cfg, options)
     check_checkpoint_path(out)
+    if canonical_encoder(encoder) == "ridge":  # closed form (sa.train.ridge): no torch model to checkpoint
+        raise SAError("--encoder ridge is a closed-form layer scan with no trained model to save as a checkpoint; run "
+                      "it with `sa sweep --encoders ridge`, and train a checkpoint with a brain encoder such as "
+                      "eegproject.")
     ds = open_dataset(data, layout=layout, image_root=image_root, meta=meta)
     if subject is None:
         if len(ds.subjects) != 1:
