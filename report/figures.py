@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from sa.errors import SAError
+from sa.report.plotting import STYLE, _plt, _save, _slug  # noqa: F401  (also imported from here)
 from sa.train.results import SETTING_COLUMNS, STATUS_DIVERGED, ResultsDir, require_runs
 from sa.train.summary import (
     NOT_RECORDED,
@@ -44,20 +44,6 @@ from sa.train.summary import (
     summary_header,
 )
 
-STYLE = {
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "xtick.labelsize": 9,
-    "ytick.labelsize": 9,
-    "figure.titlesize": 12,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "savefig.dpi": 150,
-}
 BEST_COLOR, FINAL_COLOR = "#1f77b4", "#7f7f7f"
 
 
@@ -71,29 +57,9 @@ class Report:
     summaries: list[BackboneSummary] = field(default_factory=list)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
-
-
-def _plt():
-    """pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     cols = min(max_cols, n)
     return math.ceil(n / cols), cols
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, bbox_inches="tight")
-    _plt().close(fig)
-    return path
 
 
 def _context(dataset: str, fold: str, encoder: str | None = None, variant: str = "") -> str:
@@ -478,6 +444,11 @@ def write_report(results: str | os.PathLike[str], out: str | os.PathLike[str] | 
     mix_md, mix_jobs = mix_section(rd, runs, out_dir)  # learned layer weights of --layers mix runs, if any
     md += mix_md
     jobs += mix_jobs
+    from sa.report.analyses import analyses_section
+
+    more_md, more_jobs = analyses_section(rd, runs, summaries, out_dir, _runs_of)  # issue 17: concepts, UMAP, RSA
+    md += more_md
+    jobs += more_jobs
     with make_progress("plot", disable=not progress) as bar:
         task = bar.add_task("plotting", total=len(jobs))
         for kind, job in jobs:
