@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sa._lazy import lazy_exports
 
-_WHERE = {"write_report": "sa.report.figures", "Report": "sa.report.figures"}
+_WHERE = {"write_report": "sa.report.figures", "Report": "sa.report.figures",
+          "run_rsa": "sa.report.rsa", "time_resolved_rsa": "sa.report.rsa", "RSAResult": "sa.report.rsa"}
 __all__ = list(_WHERE)
 __getattr__ = lazy_exports(__name__, _WHERE)

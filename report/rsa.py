@@ -287,7 +287,7 @@ def captions(res: RSAResult) -> dict[str, str]:
 
 def plot_heatmap(res: RSAResult, path: Path) -> Path:
     """Layer x time heat map of Spearman r (peaks dotted), with the best and final layers' curves and the ceiling below."""
-    from sa.report.figures import STYLE, _plt, _save
+    from sa.report.plotting import STYLE, _plt, _save
 
     plt = _plt()
     ms = res.times * 1000
@@ -322,7 +322,7 @@ def plot_heatmap(res: RSAResult, path: Path) -> Path:
 
 def plot_peaks(res: RSAResult, path: Path) -> Path:
     """Each layer's peak latency (left) and peak Spearman r with the noise ceiling's peak (right)."""
-    from sa.report.figures import STYLE, _plt, _save
+    from sa.report.plotting import STYLE, _plt, _save
 
     plt = _plt()
     peaks = [res.peak(lyr) for lyr in res.layers]
