@@ -1,14 +1,19 @@
-"""Benchmark: sa's batched trainer vs a plain PyTorch loop on a THINGS-EEG-sized synthetic subject.
+"""Benchmark: sa's batched trainer vs plain PyTorch loops on a THINGS-EEG-sized synthetic subject.
 
-Prints (1) wall times of L layers x S seeds x E epochs of EEGProject through
-`train_runs` and through one-model-at-a-time DataLoader/AdamW training, with
-their test top-1; (2) achieved matmul GFLOP/s of the trainer's training step
-against a large matmul of the same dtype; (3) peak RSS. `--quick` shrinks it.
+Prints, measured in one run with the load average beside every figure:
+(1) wall times of L layers x S seeds x E epochs of EEGProject through
+`train_runs` and through one-model-at-a-time DataLoader/AdamW training, both
+plain fp32 and with one `torch.autocast(bfloat16)` line, with their test
+top-1 and both ratios; (2) achieved matmul GFLOP/s of the trainer's training
+step against a large matmul of the same dtype; (3) peak RSS. `--encoders`
+instead times every encoder against its own plain loops at smaller sizes.
+`--quick` shrinks everything; `--train/--layers/--seeds/--epochs` set sizes.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import time
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from sa.threads import apply_threads, physical_cores
 from sa.train.evaluate import retrieval_metrics
 from sa.train.stacked import make_stack
 from sa.train.trainer import RunSpec, TrainConfig, plain_model, resolve_precision, train_runs
@@ -35,8 +41,8 @@ def synthetic_subject(n_train: int, n_val: int, n_test: int, shape: tuple[int, i
     return [(cut(x, s, e), {k: cut(f, s, e) for k, f in feats.items()}) for s, e in parts]
 
 
-def plain_loop(train, test, spec: RunSpec, cfg: TrainConfig) -> float:
-    """One run the ordinary way (fp32, DataLoader over TensorDataset, AdamW); returns test top-1."""
+def plain_loop(train, test, spec: RunSpec, cfg: TrainConfig, amp: torch.dtype | None = None) -> float:
+    """One run the ordinary way (DataLoader over TensorDataset, AdamW; fp32, or autocast to `amp`); test top-1."""
     (x, f), (tx, tf) = train, test
     model = plain_model(spec, cfg, x.shape[1:], f[spec.layer].shape[1])
     torch.manual_seed(spec.seed)
@@ -46,7 +52,8 @@ def plain_loop(train, test, spec: RunSpec, cfg: TrainConfig) -> float:
     model.train()
     for _ in range(cfg.epochs):
         for xb, fb in loader:
-            loss = model(xb, fb)
+            with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):  # the one line
+                loss = model(xb, fb)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -110,41 +117,101 @@ def step_and_matmul_gflops(stack_cfg: TrainConfig, x: np.ndarray, feats: dict, l
     return flops / t_step / 1e9, 2 * n**3 * reps / t_mm / 1e9
 
 
+def load() -> str:
+    """'load average 1.2' (1 minute) for printing beside a figure."""
+    return f"load average {os.getloadavg()[0]:.1f}"
+
+
+def time_plain(train, test, runs, cfg, amp) -> tuple[float, list[float]]:
+    """Seconds and test top-1 of every run through the plain loop (fp32 when amp is None)."""
+    t = time.perf_counter()
+    tops = [plain_loop(train, test, r, cfg, amp) for r in runs]
+    return time.perf_counter() - t, tops
+
+
+def time_sa(train, val, test, runs, cfg) -> tuple[float, list[float]]:
+    """Seconds and test top-1 of every run through `train_runs`."""
+    t = time.perf_counter()
+    res = train_runs(*train, *val, *test, runs, cfg, progress=False)
+    return time.perf_counter() - t, [r.top1 for r in res]
+
+
+ENCODERS = ("eegproject", "tsconv", "atms", "eegnet", "shallownet", "eegconformer", "linear")
+
+
+def encoder_table(n_train: int, layers: int, epochs: int, shape: tuple[int, int], width: int,
+                  names: tuple[str, ...] = ENCODERS, force_bf16: bool = False) -> None:
+    """Each encoder through sa vs its own plain loops (fp32 and bf16 autocast), `layers` runs of one seed."""
+    train, val, test = synthetic_subject(n_train, 200, 200, shape, layers, width)
+    bf16 = torch.bfloat16 if force_bf16 else resolve_precision("auto", torch.device("cpu"))
+    print(f"per encoder: {layers} layers x 1 seed x {epochs} epochs, {n_train} trials of {shape}, width {width}")
+    print("| encoder | sa s | plain fp32 s | plain bf16 s | vs fp32 | vs bf16 | top-1 sa / fp32 / bf16 | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in names:
+        cfg = TrainConfig(encoder=name, epochs=epochs, precision="bf16" if force_bf16 else "auto")
+        runs = [RunSpec(f"{i:02d}", 0) for i in range(layers)]
+        t_sa, top_sa = time_sa(train, val, test, runs, cfg)
+        t_fp, top_fp = time_plain(train, test, runs, cfg, None)
+        t_bf, top_bf = time_plain(train, test, runs, cfg, bf16) if bf16 is not None else (math.nan, [math.nan])
+        # nan in the bf16 columns: this CPU has no native bf16, 'auto' trains fp32 (force with --bf16)
+        print(f"| {name} | {t_sa:.1f} | {t_fp:.1f} | {t_bf:.1f} | {t_fp / t_sa:.2f}x | {t_bf / t_sa:.2f}x | "
+              f"{np.mean(top_sa):.1f} / {np.mean(top_fp):.1f} / {np.mean(top_bf):.1f} | {os.getloadavg()[0]:.1f} |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sanity run (2000 trials, 3 layers)")
+    ap.add_argument("--encoders", nargs="?", const=",".join(ENCODERS), default=None,
+                    help="time each encoder (comma list; default all) against its own plain loops instead")
+    ap.add_argument("--train", type=int, default=None, help="training trials (default 16540, THINGS-EEG2)")
+    ap.add_argument("--layers", type=int, default=None, help="layers per seed (default 12)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds (default 2)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default 2)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: sa.threads' choice)")
+    ap.add_argument("--bf16", action="store_true", help="force bf16 (sa and the autocast loop) on a CPU without "
+                    "native bf16, where 'auto' trains fp32 and the bf16 loop is skipped")
     args = ap.parse_args()
-    n_train, layers, seeds, epochs = (2000, 3, 2, 2) if args.quick else (16540, 12, 2, 2)
+    threads = apply_threads(args.threads)
     shape, width = (17, 250), 1024
-    train, val, test = synthetic_subject(n_train, 200, 200, shape, layers, width)
-    cfg = TrainConfig(epochs=epochs)
-    runs = [RunSpec(f"{i:02d}", s) for s in range(seeds) for i in range(layers)]
-    print(f"threads {torch.get_num_threads()}, precision auto -> {resolve_precision('auto', torch.device('cpu'))}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"threads {threads} (sa.threads; physical cores {physical_cores()}), precision auto -> "
+          f"{resolve_precision('auto', torch.device('cpu'))}, {load()}", flush=True)
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # first AdamW imports torch._dynamo (~1 s): not training
+    if args.encoders is not None:
+        n, layers, epochs = (1000, 2, 1) if args.quick else (3000, 4, 2)
+        encoder_table(args.train or n, args.layers or layers, args.epochs or epochs, shape, width,
+                      tuple(e.strip() for e in args.encoders.split(",") if e.strip()), args.bf16)
+        print(f"{load()} at the end; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        return
+    n_train, layers, seeds, epochs = (2000, 3, 2, 2) if args.quick else (16540, 12, 2, 2)
+    n_train, layers = args.train or n_train, args.layers or layers
+    seeds, epochs = args.seeds or seeds, args.epochs or epochs
+    train, val, test = synthetic_subject(n_train, 200, 200, shape, layers, width)
+    runs = [RunSpec(f"{i:02d}", s) for s in range(seeds) for i in range(layers)]
+    bf16 = torch.bfloat16 if args.bf16 else resolve_precision("auto", torch.device("cpu"))
+    cfg = TrainConfig(epochs=epochs, precision="bf16" if args.bf16 else "auto")
+    print(f"EEGProject: {len(runs)} runs ({layers} layers x {seeds} seeds) x {epochs} epochs, {n_train} trials")
 
-    t = time.perf_counter()
-    res = train_runs(*train, *val, *test, runs, cfg, progress=False)
-    t_sa = time.perf_counter() - t
-    print(f"sa trainer: {len(runs)} runs in {t_sa:.1f} s; test top-1 mean {np.mean([r.top1 for r in res]):.1f} %; "
-          f"load average {os.getloadavg()[0]:.1f}")
-
-    t = time.perf_counter()
-    top_plain = [plain_loop(train, test, r, cfg) for r in runs]
-    t_plain = time.perf_counter() - t
-    print(f"plain loop: {len(runs)} runs in {t_plain:.1f} s; test top-1 mean {np.mean(top_plain):.1f} %; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"speed-up: {t_plain / t_sa:.2f}x")
-    diffs = [r.top1 - p for r, p in zip(res, top_plain)]
-    print(f"per-run top-1 sa - plain: mean {np.mean(diffs):+.1f}, sd {np.std(diffs):.1f} points")
+    t_sa, top_sa = time_sa(train, val, test, runs, cfg)
+    print(f"sa trainer: {t_sa:.1f} s; test top-1 mean {np.mean(top_sa):.1f} %; {load()}", flush=True)
+    t_fp, top_fp = time_plain(train, test, runs, cfg, None)
+    print(f"plain loop fp32: {t_fp:.1f} s; test top-1 mean {np.mean(top_fp):.1f} %; {load()}", flush=True)
+    if bf16 is not None:
+        t_bf, top_bf = time_plain(train, test, runs, cfg, bf16)
+        print(f"plain loop + autocast({bf16}): {t_bf:.1f} s; test top-1 mean {np.mean(top_bf):.1f} %; {load()}",
+              flush=True)
+    print(f"speed-up vs plain fp32: {t_fp / t_sa:.2f}x" +
+          (f"; vs plain bf16 autocast: {t_bf / t_sa:.2f}x" if bf16 is not None else " (no native bf16: no bf16 loop)"))
+    diffs = [a - p for a, p in zip(top_sa, top_fp)]
+    print(f"per-run top-1 sa - plain fp32: mean {np.mean(diffs):+.1f}, sd {np.std(diffs):.1f} points")
     if seeds > 1:  # runs are ordered seed-major: the same layer of seeds 0 and 1 are `layers` apart
-        noise = [top_plain[i] - top_plain[i + layers] for i in range(layers)]
+        noise = [top_fp[i] - top_fp[i + layers] for i in range(layers)]
         print(f"seed noise (plain, same layer, seed 0 - seed 1): sd {np.std(noise):.1f} points")
 
-    amp = resolve_precision(cfg.precision, torch.device("cpu")) or torch.float32
+    amp = bf16 or torch.float32
     step, peak = step_and_matmul_gflops(cfg, train[0], train[1], layers)
     print(f"training step ({layers} runs): {step:.0f} GFLOP/s vs {peak:.0f} GFLOP/s large {amp} matmul "
-          f"= {100 * step / peak:.0f} %  (interleaved, best of 4 each)")
+          f"= {100 * step / peak:.0f} %  (interleaved, best of 4 each); {load()}")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (1 min), {os.getloadavg()[1]:.1f} (5 min)")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

@@ -306,3 +306,71 @@ def test_validation_rows_of_one_image_share_its_gallery_entry():
         zi = res.model.encode_image(torch.as_tensor(two[1]["a"]))
     assert res.val_top1 == pytest.approx(top1_accuracy(zb, zi, ids)) and res.val_top1 > 0
     assert top1_accuracy(zb, zi) == 0.0  # unmerged, every row ties with its copy: what the ids prevent
+
+
+CONV_ENCODERS = ("tsconv", "eegnet", "shallownet", "atms", "eegconformer")
+
+
+@pytest.mark.parametrize("encoder", CONV_ENCODERS)
+def test_loop_stack_equals_the_module_definition_with_dropout_and_batch_norm(encoder):
+    """LoopStack (the conv encoders' path) in training mode: per-run losses, every gradient and the updated
+    batch-norm statistics equal each model's own forward + autograd from the same RNG state (dropout on)."""
+    from sa.train.batched import LoopStack
+    from sa.train.trainer import _init_model
+
+    shape, widths = (4, 100), (24, 16)
+    cfg = TrainConfig(encoder=encoder, embed_dim=16)
+    models = [_init_model(RunSpec(str(i), i), cfg, encoder, shape, w) for i, w in enumerate(widths)]
+    stack = LoopStack(models, torch.device("cpu"))
+    stack.train(True)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(12, *shape, generator=gen)
+    feats = torch.zeros(2, 12, max(widths))
+    for i, w in enumerate(widths):
+        feats[i, :, :w] = torch.randn(12, w, generator=gen)
+    weights = torch.tensor([1.0, -0.5])
+    torch.manual_seed(11)
+    losses = stack.loss(x, feats)
+    (losses * weights).sum().backward()
+    for i, (model, w) in enumerate(zip(models, widths)):
+        model.train(True)
+        torch.manual_seed(11)  # what the run draws alone: the same dropout masks
+        loss = model(x, feats[i, :, :w])
+        (loss * weights[i]).backward()
+        assert float(losses[i].detach()) == pytest.approx(float(loss.detach()), abs=1e-6)
+        for k, p in model.named_parameters():
+            g = stack.params[k].grad[i]
+            g = g[:, :w] if k == "image.weight" else g
+            torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+        for k, b in model.named_buffers():
+            torch.testing.assert_close(stack.buffers[k][i], b, atol=1e-6, rtol=1e-5)
+    # evaluation embeddings equal the modules' own, in eval mode
+    stack.train(False)
+    with torch.no_grad():
+        zb, zi = stack.encode_brain(x), stack.encode_image(feats)
+        for i, (model, w) in enumerate(zip(models, widths)):
+            model.train(False)
+            torch.testing.assert_close(zb[i], model.encode_brain(x), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(zi[i], model.encode_image(feats[i, :, :w]), atol=1e-6, rtol=1e-5)
+
+
+def test_trainer_runs_conv_encoders_through_the_loop_stack_and_batched_equals_alone(monkeypatch):
+    """tsconv trains as a LoopStack; two layers trained together equal each trained alone (dropout, batch norm)."""
+    from sa.train import stacked
+
+    made = []
+    real = stacked.make_stack
+    monkeypatch.setattr("sa.train.trainer.make_stack", lambda models, device: made.append(real(models, device)) or made[-1])
+    rng = np.random.default_rng(0)
+    split = lambda n: (rng.standard_normal((n, 4, 100)).astype(np.float32),  # noqa: E731
+                       {k: rng.standard_normal((n, w)).astype(np.float32) for k, w in WIDTHS.items()})
+    tr, va, te = split(96), split(24), split(24)
+    cfg = TrainConfig(**{**CFG.__dict__, "epochs": 2, "encoder": "tsconv", "batch_size": 32})
+    runs = [RunSpec("a", 0), RunSpec("c", 0)]
+    batch = train_runs(*tr, *va, *te, runs, cfg, progress=False)
+    assert type(made[-1]) is stacked.LoopStack
+    for spec, res in zip(runs, batch):
+        alone = train_runs(*tr, *va, *te, [spec], cfg, progress=False)[0]
+        for k, v in alone.model.state_dict().items():
+            torch.testing.assert_close(res.model.state_dict()[k], v, atol=1e-5, rtol=1e-5)
+        assert res.top1 == alone.top1

@@ -123,3 +123,43 @@ class Stack:
                 t = t[:, : self.feat_dims[i]]
             out[k] = t.to("cpu", copy=True)
         return out
+
+
+class LoopStack(Stack):
+    """A `Stack` whose runs are evaluated one after another by the module itself, on views of the stacked tensors.
+
+    For conv and attention encoders vmap turns each conv into an expanded, per-run batched call that measured
+    slower than a plain loop (docs/performance.md). Here each run is `functional_call(model, run r's views)`: the
+    module's own forward, gradients flowing into the stacked parameters (so one fused AdamW steps all runs),
+    batch-norm statistics updated in place in the stacked buffers. The global RNG is rewound before every run
+    so all runs draw the same dropout masks, as vmap's randomness="same" does and as each run would alone.
+    """
+
+    def _views(self, r: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return {k: v[r] for k, v in self.params.items()}, {k: v[r] for k, v in self.buffers.items()}
+
+    def _each(self, fn) -> torch.Tensor:
+        """torch.stack([fn(r) for every run]), every run starting from the same RNG state."""
+        cuda = self.device.type == "cuda"
+        cpu_state = torch.get_rng_state()
+        dev_state = torch.cuda.get_rng_state(self.device) if cuda else None
+        out = []
+        for r in range(len(self)):
+            if r:
+                torch.set_rng_state(cpu_state)
+                if cuda:
+                    torch.cuda.set_rng_state(dev_state, self.device)
+            out.append(fn(r))
+        return torch.stack(out)
+
+    def loss(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Per-run losses (L,) for one shared brain batch (B, C, T) and per-run features (L, B, width)."""
+        return self._each(lambda r: functional_call(self.base, self._views(r), (x, feats[r])))
+
+    def encode_brain(self, x: torch.Tensor) -> torch.Tensor:
+        """(L, n, d) brain embeddings of shared trials."""
+        return self._each(lambda r: self._one_brain(*self._views(r), x))
+
+    def encode_image(self, feats: torch.Tensor) -> torch.Tensor:
+        """(L, n, d) image embeddings of per-run (padded) features."""
+        return self._each(lambda r: self._one_image(*self._views(r), feats[r]))

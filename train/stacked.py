@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sa.train.batched import AlignModel, Stack
+from sa.train.batched import AlignModel, LoopStack, Stack
 from sa.train.encoders import EEGProject, LinearEncoder
 
 
@@ -31,10 +31,14 @@ def supports(model: AlignModel) -> bool:
 
 
 def make_stack(models: Sequence[AlignModel], device: torch.device) -> Stack:
-    """The fast ProjectionStack when every model's encoder supports it, else the generic vmapped Stack."""
+    """The fast ProjectionStack when every model's encoder supports it, else a LoopStack.
+
+    The vmapped Stack measured slower than running the runs one after another for every conv / attention
+    encoder (tsconv 1.2x, shallownet 1.3x slower on this CPU, docs/performance.md), so it is kept for tests only.
+    """
     if all(supports(m) for m in models):
         return ProjectionStack(models, device)
-    return Stack(models, device)
+    return LoopStack(models, device)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:

@@ -280,7 +280,9 @@ def _train_group(members: list[RunSpec], cfg: TrainConfig, data: dict, device: t
         curves: list[list[dict]] = [[] for _ in members]
         stack.train(True)
         for epoch in range(1, cfg.epochs + 1):
-            perm = torch.randperm(n, generator=shuffler).to(device)
+            perm = torch.randperm(n, generator=shuffler)  # on the CPU: the same shuffle on every device
+            if device.type == "cuda":  # pinned + non_blocking: the copy does not stall the host
+                perm = perm.pin_memory().to(device, non_blocking=True)
             sums, seen = torch.zeros(len(members), device=device), 0
             for s in range(0, n, cfg.batch_size):
                 idx = perm[s: s + cfg.batch_size]
