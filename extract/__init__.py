@@ -1,32 +1,18 @@
 """Feature extraction: run frozen vision backbones once over an image set and cache every layer.
 
-`extract` is the entry point; `load_backbone` / `list_backbones` expose the
-registry and loading; `ImageSet` defines image ids and their order.
+`extract` is the entry point; `load_backbone` / `list_backbones` / `describe`
+expose the registry and loading (open_clip, timm, torchvision, transformers);
+`ImageSet` defines image ids and their order. Names load on first use so
+`import sa.extract.cli` (and `sa --help`) does not load torch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from sa._lazy import lazy_exports
 
-__all__ = ["extract", "load_backbone", "list_backbones", "ImageSet"]
-
-
-def __getattr__(name: str) -> Any:
-    """Import lazily so `import sa.extract.cli` (and `sa --help`) does not load torch."""
-    if name == "extract":
-        from sa.extract.runner import extract
-
-        return extract
-    if name == "load_backbone":
-        from sa.extract.backbones import load_backbone
-
-        return load_backbone
-    if name == "list_backbones":
-        from sa.extract.backbones import list_backbones
-
-        return list_backbones
-    if name == "ImageSet":
-        from sa.extract.images import ImageSet
-
-        return ImageSet
-    raise AttributeError(f"module 'sa.extract' has no attribute {name!r}")
+_WHERE = {
+    "extract": "sa.extract.runner", "load_backbone": "sa.extract.backbones",
+    "list_backbones": "sa.extract.backbones", "describe": "sa.extract.backbones", "ImageSet": "sa.extract.images",
+}
+__all__ = list(_WHERE)
+__getattr__ = lazy_exports(__name__, _WHERE)
