@@ -311,10 +311,12 @@ def test_validation_rows_of_one_image_share_its_gallery_entry():
 CONV_ENCODERS = ("tsconv", "eegnet", "shallownet", "atms", "eegconformer")
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("encoder", CONV_ENCODERS)
-def test_loop_stack_equals_the_module_definition_with_dropout_and_batch_norm(encoder):
+def test_loop_stack_equals_the_module_definition_with_dropout_and_batch_norm(encoder, fused):
     """LoopStack (the conv encoders' path) in training mode: per-run losses, every gradient and the updated
     batch-norm statistics equal each model's own forward + autograd from the same RNG state (dropout on)."""
+    from sa.train import stacked
     from sa.train.batched import LoopStack
     from sa.train.trainer import _init_model
 
@@ -322,6 +324,10 @@ def test_loop_stack_equals_the_module_definition_with_dropout_and_batch_norm(enc
     cfg = TrainConfig(encoder=encoder, embed_dim=16)
     models = [_init_model(RunSpec(str(i), i), cfg, encoder, shape, w) for i, w in enumerate(widths)]
     stack = LoopStack(models, torch.device("cpu"))
+    if fused:  # what make_stack builds: TSConv's conv + average pool as one strided conv (tsconv, atms)
+        assert stacked.fuse_conv_pool(stack.base) == (encoder in ("tsconv", "atms"))
+        assert type(stacked.make_stack(models, torch.device("cpu"))) is LoopStack
+    tol = dict(atol=1e-5, rtol=1e-4) if fused else dict(atol=1e-6, rtol=1e-5)
     stack.train(True)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(12, *shape, generator=gen)
@@ -337,21 +343,21 @@ def test_loop_stack_equals_the_module_definition_with_dropout_and_batch_norm(enc
         torch.manual_seed(11)  # what the run draws alone: the same dropout masks
         loss = model(x, feats[i, :, :w])
         (loss * weights[i]).backward()
-        assert float(losses[i].detach()) == pytest.approx(float(loss.detach()), abs=1e-6)
+        assert float(losses[i].detach()) == pytest.approx(float(loss.detach()), abs=tol["atol"])
         for k, p in model.named_parameters():
             g = stack.params[k].grad[i]
             g = g[:, :w] if k == "image.weight" else g
-            torch.testing.assert_close(g, p.grad, atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+            torch.testing.assert_close(g, p.grad, **tol, msg=lambda m, k=k: f"{k}: {m}")
         for k, b in model.named_buffers():
-            torch.testing.assert_close(stack.buffers[k][i], b, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(stack.buffers[k][i], b, **tol)
     # evaluation embeddings equal the modules' own, in eval mode
     stack.train(False)
     with torch.no_grad():
         zb, zi = stack.encode_brain(x), stack.encode_image(feats)
         for i, (model, w) in enumerate(zip(models, widths)):
             model.train(False)
-            torch.testing.assert_close(zb[i], model.encode_brain(x), atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(zi[i], model.encode_image(feats[i, :, :w]), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(zb[i], model.encode_brain(x), **tol)
+            torch.testing.assert_close(zi[i], model.encode_image(feats[i, :, :w]), **tol)
 
 
 def test_trainer_runs_conv_encoders_through_the_loop_stack_and_batched_equals_alone(monkeypatch):
