@@ -192,14 +192,26 @@ def main() -> None:
     cfg = TrainConfig(epochs=epochs, precision="bf16" if args.bf16 else "auto")
     print(f"EEGProject: {len(runs)} runs ({layers} layers x {seeds} seeds) x {epochs} epochs, {n_train} trials")
 
-    t_sa, top_sa = time_sa(train, val, test, runs, cfg)
-    print(f"sa trainer: {t_sa:.1f} s; test top-1 mean {np.mean(top_sa):.1f} %; {load()}", flush=True)
-    t_fp, top_fp = time_plain(train, test, runs, cfg, None)
-    print(f"plain loop fp32: {t_fp:.1f} s; test top-1 mean {np.mean(top_fp):.1f} %; {load()}", flush=True)
+    # interleaved per seed (sa, fp32 loop, bf16 loop, next seed): a shared machine's load drifts over minutes,
+    # and each trainer then sees the same share of it
+    t_sa = t_fp = t_bf = 0.0
+    top_sa, top_fp, top_bf = [], [], []
+    for s in range(seeds):
+        group = [r for r in runs if r.seed == s]
+        t, top = time_sa(train, val, test, group, cfg)
+        t_sa, top_sa = t_sa + t, top_sa + top
+        print(f"seed {s}: sa trainer {t:.1f} s; {load()}", flush=True)
+        t, top = time_plain(train, test, group, cfg, None)
+        t_fp, top_fp = t_fp + t, top_fp + top
+        print(f"seed {s}: plain loop fp32 {t:.1f} s; {load()}", flush=True)
+        if bf16 is not None:
+            t, top = time_plain(train, test, group, cfg, bf16)
+            t_bf, top_bf = t_bf + t, top_bf + top
+            print(f"seed {s}: plain loop + autocast({bf16}) {t:.1f} s; {load()}", flush=True)
+    print(f"sa trainer: {t_sa:.1f} s; test top-1 mean {np.mean(top_sa):.1f} %")
+    print(f"plain loop fp32: {t_fp:.1f} s; test top-1 mean {np.mean(top_fp):.1f} %")
     if bf16 is not None:
-        t_bf, top_bf = time_plain(train, test, runs, cfg, bf16)
-        print(f"plain loop + autocast({bf16}): {t_bf:.1f} s; test top-1 mean {np.mean(top_bf):.1f} %; {load()}",
-              flush=True)
+        print(f"plain loop + autocast({bf16}): {t_bf:.1f} s; test top-1 mean {np.mean(top_bf):.1f} %")
     print(f"speed-up vs plain fp32: {t_fp / t_sa:.2f}x" +
           (f"; vs plain bf16 autocast: {t_bf / t_sa:.2f}x" if bf16 is not None else " (no native bf16: no bf16 loop)"))
     diffs = [a - p for a, p in zip(top_sa, top_fp)]
