@@ -442,7 +442,9 @@ class CacheRoot:
         fs, base = self.loc.fs, self._group_path(group.path)
         dtypes = dtypes or {}
         n = len(ids)
-        if not fs.exists(f"{base}/{IDS_ARRAY}/zarr.json"):
+        # The ids are rewritten unless they read back whole: a full disk can leave the array's zarr.json without
+        # its chunk, which reads as empty strings.
+        if not fs.exists(f"{base}/{IDS_ARRAY}/zarr.json") or [str(x) for x in group[IDS_ARRAY][:].tolist()] != ids:
             arr = group.create_array(IDS_ARRAY, shape=(n,), chunks=(n,), dtype=str, compressors=None, fill_value="", overwrite=True)
             arr[:] = np.array(ids, dtype=object)
         for name, width in widths.items():
