@@ -27,7 +27,7 @@ def test_every_command_is_documented_with_usage_and_options():
         assert f"### `{path}`" in text
     assert "\nsa data synth [OPTIONS] {out}\n" in text  # the usage line exactly as `sa data synth --help` shows it
     assert "| `--out`, `-o` | path | `sa-demo` |" in text
-    assert "| `--scan`, `--no-scan` | flag | `--scan` |" in text
+    assert "| `--values`, `--no-values` | flag | `--values` |" in text
     assert "--help` |" not in text
 
 
