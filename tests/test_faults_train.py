@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support_sweep import synth_dataset
+from support_sweep import one_sentence, synth_dataset
 from typer.testing import CliRunner
 
 from sa.cli import app
@@ -27,16 +27,6 @@ def run(args: list[str]):
     return CliRunner().invoke(app, [str(a) for a in args], terminal_width=200)
 
 
-def one_sentence(res, code: int, *needles: str) -> str:
-    """The single error line of a failed command, after checking the exit code and the absence of a traceback."""
-    assert res.exit_code == code, res.output
-    assert "Traceback" not in res.output, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from support_sweep import synth_dataset
+from support_sweep import one_sentence, synth_dataset, write_categories
 from typer.testing import CliRunner
 
 from sa.cli import app
@@ -21,13 +21,6 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args], terminal_width=200)
 
 
-def one_sentence(res, code: int, *needles: str) -> None:
-    assert res.exit_code == code, res.output
-    assert "Traceback" not in res.output, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +31,9 @@ def synth(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(synth, tmp_path_factory):
     """A ridge sweep (every layer, --categories, embeddings kept) and `sa rsa` of three layers into one folder."""
-    from sa.brain.data import open_dataset
-    from sa.brain.things import concepts_of_ids
-
     path, info = synth
     tmp = tmp_path_factory.mktemp("analyses")
-    raw = open_dataset(path).raw("sub-01")
-    concepts = sorted(set(concepts_of_ids(raw.test.image_ids)) | set(concepts_of_ids(raw.train.image_ids)))
-    cats = tmp / "cats.csv"
-    cats.write_text("concept,category\n" + "".join(f"{c},{c.split('_')[0]}\n" for c in concepts))
+    cats = write_categories(path, tmp)
     out = tmp / "res"
     sweep(path, "torchvision-mobilenet_v2", out=out, cache=info["planted"]["cache"], layers="all", encoders="ridge",
           subjects="sub-01", seeds=1, val_fraction=0.25, progress=False, categories=cats, save_embeddings=True)
@@ -77,8 +64,9 @@ def test_report_has_concept_accuracy_and_rsa(results, tmp_path):
     assert f"| {np.mean(final):.1f} ± {np.std(final):.1f} |" in md.split("## Concept accuracy")[1].split("\n## ")[0]
     assert "| encoder ridge" not in md and "encoder ridge" in md  # ridge rows are a section like any encoder
     rsa_rows = list(csv.DictReader(open(folder / f"{RSA_STEM}.csv")))
-    peak09 = max(float(r["spearman_r"]) for r in rsa_rows if r["layer"] == "09")
-    assert f"| 09 | 0.47 |" in md and f"{peak09:.3f} |" in md
+    best09 = max((r for r in rsa_rows if r["layer"] == "09"), key=lambda r: float(r["spearman_r"]))
+    depth, ms, r = float(best09["depth"]), round(float(best09["time_s"]) * 1000), float(best09["spearman_r"])
+    assert f"| 09 | {depth:.2f} | {ms} | {r:.3f} |" in md
     assert "crossnobis" in md and "Spearman-Brown" in md
     for n in names:
         assert f"({n})" in md  # every figure is linked (with its caption above or beside it)

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from support_sweep import synth_dataset
+from support_sweep import one_sentence, synth_dataset
 from typer.testing import CliRunner
 
 from sa.cli import app
@@ -21,13 +21,6 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args], terminal_width=200)
 
 
-def one_sentence(res, code: int, *needles: str) -> None:
-    assert res.exit_code == code, res.output
-    assert "Traceback" not in res.output, res.output
-    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, res.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

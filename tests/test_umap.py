@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from support_sweep import synth_dataset
+from support_sweep import synth_dataset, write_categories
 
 from sa.errors import DamagedError
 from sa.train.embeddings import path_of, read_embeddings, save_embeddings
@@ -22,14 +22,11 @@ def synth(tmp_path_factory):
 def swept(synth, tmp_path_factory):
     """A ridge sweep of three layers (plus final) with --categories and --save-embeddings."""
     from sa.brain.data import open_dataset
-    from sa.brain.things import concepts_of_ids
 
     path, info = synth
     tmp = tmp_path_factory.mktemp("umap")
     raw = open_dataset(path).raw("sub-01")
-    concepts = sorted(set(concepts_of_ids(raw.test.image_ids)) | set(concepts_of_ids(raw.train.image_ids)))
-    cats = tmp / "cats.csv"
-    cats.write_text("concept,category\n" + "".join(f"{c},{c.split('_')[0]}\n" for c in concepts))
+    cats = write_categories(path, tmp)
     out = tmp / "res"
     sweep(path, "torchvision-mobilenet_v2", out=out, cache=info["planted"]["cache"], layers="3,9,15", encoders="ridge",
           subjects="sub-01", seeds=1, val_fraction=0.25, progress=False, categories=cats, save_embeddings=True)
