@@ -7,14 +7,14 @@ from typing import List, Optional
 
 import typer
 
-from sa.clikit import console, err_console, friendly
+from sa.clikit import cache_option, console, err_console, friendly, quiet_option
 
 
 @friendly
 def extract_cmd(
     backbone: List[str] = typer.Option(..., "--backbone", "-b", help="Alias (see `sa backbones`) or open_clip:ARCH[:TAG], timm:NAME[.TAG], torchvision:NAME[:ENTRY], hf:REPO_ID[@REVISION] or hf:FOLDER. Repeat for several."),
     images: Path = typer.Option(..., "--images", "-i", help="Image folder (recursive; THINGS training_images/test_images understood) or a text file of image paths."),
-    cache: Optional[str] = typer.Option(None, "--cache", help="Cache root (path or fsspec URL). Default: $SA_CACHE or ~/.cache/sa/features."),
+    cache: Optional[str] = cache_option(),
     weights: Optional[List[Path]] = typer.Option(None, "--weights", help="Local checkpoint (.pt/.pth/.bin/.safetensors) instead of the hub; one per --backbone. Its preprocessing is never guessed: torchvision uses the weights entry the file matches (sha256 prefix or file name), else name it (torchvision:ARCH:ENTRY or --transform); timm/open_clip need the tag in the name when the architecture's tags preprocess differently."),
     transform: Optional[List[str]] = typer.Option(None, "--transform", help="torchvision only: the preprocessing preset, a weights entry of the architecture (e.g. IMAGENET1K_V1) or 'imagenet' (resize 256, crop 224); one per --backbone."),
     random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights (for tests; recorded in the key)."),
@@ -29,7 +29,7 @@ def extract_cmd(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dask.distributed scheduler address: shard the images over its workers."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Start a local dask cluster of N single-thread worker processes."),
     wait: bool = typer.Option(False, "--wait", help="If another process is writing the same group, wait for it instead of stopping."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+    quiet: bool = quiet_option(),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="hf: backbones only: allow a repo's own model code to run (InternViT-6B needs it); read that code first."),
 ) -> None:
     """Run backbones once over an image set and cache the pooled output of every layer."""
@@ -40,7 +40,7 @@ def extract_cmd(
         transform=(transform[0] if transform and len(transform) == 1 else transform) or None,
         random_init=random_init, seed=seed, pools=pool or None, image_size=image_size, batch_size=batch_size,
         device=device, dtype=dtype, skip_bad=skip_bad, num_workers=num_workers, scheduler=scheduler,
-        n_workers=workers, wait=wait, progress=progress, log=lambda m: err_console.print(m, highlight=False),
+        n_workers=workers, wait=wait, progress=not quiet, log=lambda m: err_console.print(m, highlight=False),
         trust_remote_code=trust_remote_code,
     )
     for g in groups:

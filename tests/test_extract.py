@@ -193,7 +193,7 @@ def test_cli_extract_and_backbones(images, tmp_path):
 
     runner = CliRunner()
     args = ["extract", "-b", "torchvision:mobilenet_v2", "--images", str(images), "--cache", str(tmp_path / "c"),
-            "--random-init", "--image-size", "32", "--dtype", "fp32", "--num-workers", "0", "--no-progress", "--pool", "gap"]
+            "--random-init", "--image-size", "32", "--dtype", "fp32", "--num-workers", "0", "--quiet", "--pool", "gap"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "20 images" in res.output
@@ -216,7 +216,7 @@ def _cli(args: list[str]):
 
 def _base(images: Path, cache: Path, backbone: str = TINY) -> list[str]:
     return ["extract", "-b", backbone, "--images", str(images), "--cache", str(cache), "--dtype", "fp32",
-            "--num-workers", "0", "--no-progress"]
+            "--num-workers", "0", "--quiet"]
 
 
 @pytest.mark.parametrize("size,words", [("-3", "is not a positive number of pixels"), ("0", "is not a positive number of pixels"),
@@ -289,7 +289,7 @@ EFBIG_SCRIPT = textwrap.dedent(
     resource.setrlimit(resource.RLIMIT_FSIZE, (48_000, 48_000))
     from sa.cli import app
     sys.argv = ["sa", "extract", "-b", "torchvision:mobilenet_v2", "--random-init", "--images", sys.argv[1], "--cache",
-                sys.argv[2], "--image-size", "32", "--dtype", "fp32", "--num-workers", "0", "--no-progress"]
+                sys.argv[2], "--image-size", "32", "--dtype", "fp32", "--num-workers", "0", "--quiet"]
     app()
     """
 )

@@ -254,7 +254,7 @@ def test_remote_code_model_needs_trust_and_then_matches_its_own_hidden_states(tm
     photos = photo_dir(tmp_path / "photos")
     cache = tmp_path / "cache"
     res = CliRunner().invoke(app, ["extract", "-b", f"hf:{folder}", "-i", str(photos), "--cache", str(cache),
-                                   "--device", "cpu", "--num-workers", "0", "--no-progress"])
+                                   "--device", "cpu", "--num-workers", "0", "--quiet"])
     assert res.exit_code == 2, res.output
     assert "--trust-remote-code" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) <= 3  # one sentence (wrapped by the console)
@@ -287,7 +287,7 @@ def test_hf_bad_names_are_one_sentence(tmp_path):
     photos = photo_dir(tmp_path / "photos", ("chelsea",))
     for name, words in [("hf:not-a-repo-id", "repo id"), (f"hf:{tmp_path}", "config.json")]:
         res = CliRunner().invoke(app, ["extract", "-b", name, "-i", str(photos), "--cache", str(tmp_path / "c"),
-                                       "--device", "cpu", "--no-progress"])
+                                       "--device", "cpu", "--quiet"])
         assert res.exit_code == 2, res.output
         assert words in res.output and "Traceback" not in res.output
     assert not (tmp_path / "c").exists() or not any(p.name == "zarr.json" for p in (tmp_path / "c").rglob("*"))

@@ -72,7 +72,7 @@ def test_fp16_compute_overflow_stops_with_the_layer_named_and_leaves_the_group_p
     folder = photo_dir(tmp_path / "photos", ("chelsea", "coffee"))
     res = CliRunner().invoke(app, ["extract", "-b", "torchvision:resnet18:IMAGENET1K_V1", "--images", str(folder),
                                    "--cache", str(tmp_path / "c"), "--weights", str(file), "--image-size", "32",
-                                   "--dtype", "fp16", "--num-workers", "0", "--no-progress"])
+                                   "--dtype", "fp16", "--num-workers", "0", "--quiet"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "gave NaN/Inf for image" in res.output and "--dtype fp32" in res.output and "gap/04" in res.output
     (info,) = open_root(tmp_path / "c").list()

@@ -122,7 +122,7 @@ def test_an_unmatched_torchvision_file_must_name_its_preset(tmp_path):
     folder = photo_dir(tmp_path / "photos", ("chelsea",))
     runner = CliRunner()
     base = ["extract", "-b", "torchvision:mobilenet_v2", "--images", str(folder), "--cache", str(tmp_path / "c"),
-            "--weights", str(file), "--dtype", "fp32", "--num-workers", "0", "--no-progress", "--image-size", "32"]
+            "--weights", str(file), "--dtype", "fp32", "--num-workers", "0", "--quiet", "--image-size", "32"]
     res = runner.invoke(app, base)
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "matches none of torchvision's mobilenet_v2 weights" in res.output and "--transform IMAGENET1K_V1" in res.output
