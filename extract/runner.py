@@ -406,19 +406,54 @@ def _per_backbone(value: Any, n: int, option: str) -> list:
     return value
 
 
-def check_options(batch_size: int, num_workers: Optional[int], image_size: Optional[int], block_rows: Optional[int],
+AUTO = "auto"
+AUTO_BATCHES = (256, 128, 64, 32, 16, 8, 4, 2, 1)
+CPU_AUTO_BATCH = 32  # off CUDA there is no memory to fill: the default, so `auto` keys equal explicit ones
+
+
+def fit_batch_size(fits: Callable[[int], bool], candidates: Sequence[int] = AUTO_BATCHES) -> int:
+    """The largest candidate batch for which `fits(n)` holds."""
+    for n in candidates:
+        if fits(n):
+            return n
+    raise SAError("not even one image fits in the device's memory with every layer tapped; use --dtype bf16, "
+                  "a smaller --image-size, or a device with more memory.")
+
+
+def cuda_forward_fits(bb: Backbone, pools: Sequence[str], device: torch.device) -> Callable[[int], bool]:
+    """Whether a forward of n blank images with every layer tapped fits on this CUDA device, keeping 10 % spare."""
+
+    def fits(n: int) -> bool:
+        torch.cuda.empty_cache()
+        x = torch.zeros(n, 3, *bb.input_size, device=device, dtype=next(bb.model.parameters()).dtype)
+        try:
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.inference_mode(), LayerTaps(bb.model, bb.plan, bb.embed, tuple(pools)) as taps:
+                taps.run(x)
+            peak, total = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
+            return peak <= 0.9 * total
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            del x
+            torch.cuda.empty_cache()
+
+    return fits
+
+
+def check_options(batch_size: Union[int, str], num_workers: Optional[int], image_size: Optional[int], block_rows: Optional[int],
                   n_workers: Optional[int]) -> None:
     """Every numeric option checked before anything is read, built or created."""
     from sa.extract.backbones import check_image_size
 
-    if batch_size < 1:
-        raise SAError(f"--batch-size {batch_size} must be at least 1.")
+    if batch_size != AUTO and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise SAError(f"--batch-size {batch_size} must be a whole number of at least 1, or auto.")
     if num_workers is not None and num_workers < 0:
         raise SAError(f"--num-workers {num_workers} must be 0 (decode in this process) or more; leave it out for one per spare core.")
     if n_workers is not None and n_workers < 1:
         raise SAError(f"--workers {n_workers} must be at least 1.")
     check_image_size(image_size)
-    if block_rows is not None and (block_rows < 1 or block_rows % batch_size):
+    if block_rows is not None and batch_size != AUTO and (block_rows < 1 or block_rows % batch_size):
         raise SAError(f"block_rows {block_rows} must be a positive multiple of the batch size {batch_size}.")
 
 
@@ -439,7 +474,7 @@ def extract(
     seed: int = 0,
     pools: Optional[Sequence[str]] = None,
     image_size: Optional[int] = None,
-    batch_size: int = 32,
+    batch_size: Union[int, str] = 32,
     device: str = "auto",
     dtype: str = "auto",
     skip_bad: bool = False,
@@ -456,7 +491,8 @@ def extract(
 
     `transform` names the torchvision preprocessing preset (a weights entry such as IMAGENET1K_V1, or
     "imagenet") for a `weights` file torchvision's own entries do not match. `trust_remote_code` lets an
-    hf: backbone run the code in its repo (InternViT-6B).
+    hf: backbone run the code in its repo (InternViT-6B). `batch_size="auto"` takes the largest power of two
+    up to 256 whose forward fits on a CUDA device (32 elsewhere).
     """
     from sa.cache import open_root
 
@@ -469,6 +505,8 @@ def extract(
     per_transform = _per_backbone(transform, len(names), "--transform")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if batch_size == AUTO and dev.type != "cuda":
+        batch_size = CPU_AUTO_BATCH
     imageset = images if isinstance(images, ImageSet) else ImageSet.from_path(images)
     root = open_root(cache)
     isid = imageset.digest()
@@ -476,7 +514,8 @@ def extract(
     for name, w, tf in zip(names, per_weights, per_transform):
         load = dict(weights=w, random_init=random_init, seed=seed, image_size=image_size, dtype=dt, transform=tf,
                     trust_remote_code=trust_remote_code)
-        done = _complete_group(root, isid, load_backbone(name, device="meta", **load), pools, dt, batch_size, name)
+        done = None if batch_size == AUTO else _complete_group(root, isid, load_backbone(name, device="meta", **load),
+                                                               pools, dt, batch_size, name)
         if done is not None:  # known from a weightless build: no giant model loaded just to skip it
             say(f"{name}: already complete in {root.url} as {done.key}; nothing to do.")
             groups.append(done)
@@ -495,6 +534,10 @@ def _extract_one(root: Any, isid: str, imageset: ImageSet, name: str, load: dict
 
     bb = load_backbone(name, device=str(dev), **load)
     chosen = choose_pools(pools, bb.plan.pools, name)
+    if batch_size == AUTO:
+        batch_size = fit_batch_size(cuda_forward_fits(bb, chosen, dev))
+        say(f"{name}: --batch-size auto chose {batch_size} on {dev} (part of the key: pass it as a number to share "
+            f"keys with other GPUs).")
     spec = key_spec(bb, chosen, dt, batch_size)
     bkey = backbone_key(bb.spec.key_name, spec)
     key = f"{isid}/{bkey}"

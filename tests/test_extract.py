@@ -323,3 +323,26 @@ def test_the_default_precision_is_fp32():
     assert resolve_dtype("auto", torch.device("cpu")) == "fp32"
     assert resolve_dtype("auto", torch.device("cuda")) == "fp32"
     assert resolve_dtype("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_batch_size_auto_takes_the_largest_batch_that_fits():
+    from sa.errors import SAError
+    from sa.extract.runner import fit_batch_size
+
+    tried = []
+    assert fit_batch_size(lambda n: tried.append(n) or n <= 48) == 32 and tried == [256, 128, 64, 32]
+    with pytest.raises(SAError, match="not even one image fits"):
+        fit_batch_size(lambda n: False)
+
+
+def test_batch_size_auto_off_cuda_is_the_default_and_shares_its_key(images, tmp_path):
+    (explicit,) = extract(images, TINY, tmp_path / "c", batch_size=32, **KW)
+    (auto,) = extract(images, TINY, tmp_path / "c", batch_size="auto", **KW)
+    assert auto.key == explicit.key and auto.manifest["key_spec"]["batch_size"] == 32
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "lots", "2.5"])
+def test_bad_batch_size_is_one_sentence_before_anything_is_created(images, tmp_path, value):
+    res = _cli(_base(images, tmp_path / "c") + ["--random-init", "--image-size", "32", "--batch-size", value])
+    assert res.exit_code == 2 and "--batch-size" in res.output and "or auto" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "c").exists()
