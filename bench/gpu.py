@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from extract import make_jpegs  # bench/extract.py: the same photo-like JPEGs for both benchmarks
 
 
 def load() -> str:
@@ -52,16 +53,6 @@ def peak(device: torch.device) -> str:
     if device.type == "cuda":
         return f"GPU memory peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
     return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (cpu)"
-
-
-def write_jpegs(folder: Path, n: int, seed: int = 0) -> None:
-    """n smooth-noise 320x240 JPEGs (they compress like photos)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((320, 240), Image.BICUBIC).save(folder / f"img{i:05d}.jpg", quality=90)
 
 
 def bare_forward(name: str, n: int, batch: int, dtype: str, device: torch.device, image_size: int | None) -> float:
@@ -90,7 +81,7 @@ def extraction(name: str, n: int, batch: int, dtype: str, device: torch.device, 
         folder = Path(tmp) / "images"
         folder.mkdir()
         t = time.perf_counter()
-        write_jpegs(folder, n)
+        make_jpegs(folder, n)
         print(f"extraction: {n} JPEGs written in {time.perf_counter() - t:.1f} s; {name}, batch {batch}, {dtype}",
               flush=True)
         reset_peak(device)
