@@ -324,8 +324,11 @@ def test_loop_stack_equals_the_module_definition_with_dropout_and_batch_norm(enc
     cfg = TrainConfig(encoder=encoder, embed_dim=16)
     models = [_init_model(RunSpec(str(i), i), cfg, encoder, shape, w) for i, w in enumerate(widths)]
     stack = LoopStack(models, torch.device("cpu"))
-    if fused:  # what make_stack builds: TSConv's conv + average pool as one strided conv (tsconv, atms)
+    if fused:  # what make_stack builds: conv + average pool as one strided conv (tsconv, atms), temporal + spatial
+        # conv as one (C, k) conv (shallownet, eegconformer), EEGNet's conv + norm + depthwise conv channel-mix first
         assert stacked.fuse_conv_pool(stack.base) == (encoder in ("tsconv", "atms"))
+        assert stacked.fuse_time_space(stack.base) == (encoder in ("shallownet", "eegconformer"))
+        assert stacked.fuse_time_norm_space(stack.base) == (encoder == "eegnet")
         assert type(stacked.make_stack(models, torch.device("cpu"))) is LoopStack
     tol = dict(atol=1e-5, rtol=1e-4) if fused else dict(atol=1e-6, rtol=1e-5)
     stack.train(True)
@@ -380,3 +383,43 @@ def test_trainer_runs_conv_encoders_through_the_loop_stack_and_batched_equals_al
         for k, v in alone.model.state_dict().items():
             torch.testing.assert_close(res.model.state_dict()[k], v, atol=1e-5, rtol=1e-5)
         assert res.top1 == alone.top1
+
+
+@pytest.mark.parametrize("encoder, fuse", [("shallownet", "fuse_time_space"), ("eegconformer", "fuse_time_space"),
+                                           ("eegnet", "fuse_time_norm_space")])
+def test_fused_front_equals_pytorch_layers_over_training_steps(encoder, fuse):
+    """A fused copy trained side by side with the module definition (PyTorch's own Conv2d / BatchNorm2d) on data
+    with a large offset and an odd length: outputs, gradients, running statistics and eval outputs agree."""
+    import copy
+
+    from sa.train import stacked
+    from sa.train.encoders import build_encoder
+
+    torch.manual_seed(0)
+    ref = build_encoder(encoder, 5, 131, 8)
+    fused = copy.deepcopy(ref)
+    assert getattr(stacked, fuse)(fused) == 1
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert [n for n, _ in fused.named_buffers()] == [n for n, _ in ref.named_buffers()]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05) for m in (ref, fused)]
+    gen = torch.Generator().manual_seed(1)
+    for step in range(3):
+        x = 4.0 + 2.0 * torch.randn(10, 5, 131, generator=gen)  # mean far from 0: the norm's mean term matters
+        outs = []
+        for m, opt in zip((ref, fused), opts):
+            m.train(True)
+            torch.manual_seed(step)
+            y = m(x)
+            opt.zero_grad()
+            y.square().mean().backward()
+            opt.step()
+            outs.append(y.detach())
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4)
+        for (k, a), (_, b) in zip(ref.named_parameters(), fused.named_parameters()):
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    for (k, a), (_, b) in zip(ref.named_buffers(), fused.named_buffers()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+    ref.eval(), fused.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref(x), atol=1e-5, rtol=1e-4)
