@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sa.errors import SAError
 from sa.train.trainer import RunSpec, TrainConfig, train_runs
@@ -423,3 +424,44 @@ def test_fused_front_equals_pytorch_layers_over_training_steps(encoder, fuse):
     ref.eval(), fused.eval()
     with torch.no_grad():
         torch.testing.assert_close(fused(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_in, k, stride", [(250, 75, 5), (131, 75, 5), (100, 7, 3), (76, 75, 5), (50, 4, 4)])
+def test_polyphase_conv_equals_strided_conv2d_with_gradients(n_in, k, stride):
+    """ConvPool's input-gradient path equals torch's strided conv2d: output (values and memory layout) and the
+    gradients of input, weight and bias."""
+    from sa.train.stacked import polyphase_conv
+
+    gen = torch.Generator().manual_seed(n_in)
+    args = [torch.randn(*s, generator=gen, requires_grad=True) for s in ((3, 2, 4, n_in), (5, 2, 1, k), (5,))]
+    ours, ref = polyphase_conv(*args, stride), F.conv2d(*args, stride=(1, stride))
+    assert ours.is_contiguous() and ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-5)
+    g = torch.randn(ref.shape, generator=gen)
+    for a, b in zip(torch.autograd.grad(ours, args, g), torch.autograd.grad(ref, args, g)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_loop_stack_draws_dropout_masks_once_and_leaves_the_generator_where_one_run_would(monkeypatch):
+    """Three runs of EEGConformer (9 dropout layers on the training path): masks are drawn by the first run only,
+    and afterwards the global generator is where one run of the module alone leaves it."""
+    from sa.train.batched import LoopStack
+    from sa.train.trainer import _init_model
+
+    cfg = TrainConfig(encoder="eegconformer", embed_dim=8)
+    models = [_init_model(RunSpec(str(i), i), cfg, "eegconformer", (3, 120), 6) for i in range(3)]
+    stack = LoopStack(models, torch.device("cpu"))
+    stack.train(True)
+    x, feats = torch.randn(5, 3, 120), torch.randn(3, 5, 6)
+    calls = []
+    real = F.dropout
+    monkeypatch.setattr(F, "dropout", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(4)
+    stack.loss(x, feats)
+    after_stack = torch.get_rng_state()
+    n_stack = len(calls)
+    models[0].train(True)
+    torch.manual_seed(4)
+    models[0](x, feats[0])
+    assert n_stack == len(calls) - n_stack > 0  # one run's worth of draws for three runs
+    assert torch.equal(after_stack, torch.get_rng_state())

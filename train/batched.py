@@ -125,6 +125,41 @@ class Stack:
         return out
 
 
+class _MaskTape:
+    """The dropout masks the first run of a LoopStack call draws, in call order, replayed to the other runs."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None  # None (draw), "record" or "replay"
+        self.masks: list[torch.Tensor] = []
+        self.pos = 0
+
+
+class TapedDropout(nn.Module):
+    """nn.Dropout whose scaled mask (drawn exactly as F.dropout draws it) is recorded or replayed by a `_MaskTape`.
+
+    Every LoopStack run starts from the same RNG state and so draws the same masks; drawing them once saves the
+    other runs' Bernoulli sampling, which was a fifth of EEGConformer's step (docs/performance.md).
+    """
+
+    def __init__(self, p: float, tape: _MaskTape) -> None:
+        super().__init__()
+        self.p = p
+        object.__setattr__(self, "_tape", tape)  # shared by every TapedDropout of the stack; not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        tape = self._tape
+        if tape.mode == "replay":
+            mask = tape.masks[tape.pos]
+            tape.pos += 1
+        else:
+            mask = F.dropout(torch.ones_like(x), self.p, True)  # bernoulli(1 - p) / (1 - p), as F.dropout(x)
+            if tape.mode == "record":
+                tape.masks.append(mask)
+        return x * mask
+
+
 class LoopStack(Stack):
     """A `Stack` whose runs are evaluated one after another by the module itself, on views of the stacked tensors.
 
@@ -135,21 +170,41 @@ class LoopStack(Stack):
     so all runs draw the same dropout masks, as vmap's randomness="same" does and as each run would alone.
     """
 
+    def __init__(self, models: Sequence[AlignModel], device: torch.device) -> None:
+        super().__init__(models, device)
+        self._tape = _MaskTape()
+        for module in list(self.base.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is nn.Dropout:
+                    setattr(module, name, TapedDropout(float(child.p), self._tape))
+
     def _views(self, r: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return {k: v[r] for k, v in self.params.items()}, {k: v[r] for k, v in self.buffers.items()}
 
     def _each(self, fn) -> torch.Tensor:
         """torch.stack([fn(r) for every run]), every run starting from the same RNG state."""
         cuda = self.device.type == "cuda"
-        cpu_state = torch.get_rng_state()
-        dev_state = torch.cuda.get_rng_state(self.device) if cuda else None
-        out = []
-        for r in range(len(self)):
-            if r:
-                torch.set_rng_state(cpu_state)
-                if cuda:
-                    torch.cuda.set_rng_state(dev_state, self.device)
-            out.append(fn(r))
+        states = lambda: (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None)  # noqa: E731
+
+        def restore(cpu_state: torch.Tensor, dev_state: torch.Tensor | None) -> None:
+            torch.set_rng_state(cpu_state)
+            if cuda:
+                torch.cuda.set_rng_state(dev_state, self.device)
+
+        start, after, out = states(), None, []
+        tape = self._tape
+        try:
+            for r in range(len(self)):
+                if r:
+                    restore(*start)
+                tape.mode, tape.pos = ("record" if r == 0 else "replay"), 0
+                out.append(fn(r))
+                if r == 0:
+                    after = states()
+        finally:
+            tape.mode, tape.masks = None, []
+        if after is not None and len(self) > 1:
+            restore(*after)  # where one run leaves the generator, replayed masks drew nothing
         return torch.stack(out)
 
     def loss(self, x: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
