@@ -1,8 +1,9 @@
 """`extract()`: run backbones once over an image set and store every layer's pooled features in the cache.
 
 Images are decoded by DataLoader workers while the model runs; batches never
-straddle a cache block, and a block is written (and recorded done) as soon as
-its last batch is in, so a killed run resumes at the first unfinished block
+straddle a cache block, and a block is handed to a background writer thread
+as soon as its last batch is in (written, then recorded done, in order, while
+the forward goes on), so a killed run resumes at the first unfinished block
 and produces the same bytes as an uninterrupted one.
 """
 
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -211,6 +214,68 @@ def _check_finite(out: dict, good: np.ndarray, rows: Any, job: BlockJob, name: s
                           f"at --dtype {job.dtype}; {fix}.")
 
 
+class BlockWriterThread:
+    """Writes finished blocks in one background thread, in order and one at a time, while the forward goes on.
+
+    At most `depth` blocks wait (memory stays bounded: one being written, `depth` waiting, one being filled).
+    A block's skipped ids join `job.skipped` only after its `write_block` returned (which records it done), so
+    nothing counts as done before its bytes are written. The first write error is raised again in the caller's
+    thread, unchanged (so `errors.explain`, `Float16Overflow` and the rest treat it as before); blocks queued
+    after it are dropped, never written.
+    """
+
+    def __init__(self, writer: Any, job: BlockJob, depth: int = 1):
+        self.writer, self.job = writer, job
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: Optional[BaseException] = None
+        self._stop = threading.Event()  # set: drop what is queued (after an error, Ctrl-C or a failure upstream)
+        self._thread = threading.Thread(target=self._loop, name="sa-block-writer", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._stop.is_set():
+                continue
+            b, data, skipped = item
+            try:
+                self.writer.write_block(b, data)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by check()
+                self._error = exc
+                self._stop.set()
+                continue
+            self.job.skipped.extend(i for i in skipped if i not in self.job.skipped)
+
+    def check(self) -> None:
+        """Raise the writer thread's error, if it had one, in the calling thread."""
+        if self._error is not None:
+            raise self._error
+
+    def put(self, b: int, data: dict, skipped: list[str]) -> None:
+        """Queue block `b` for writing (waits while `depth` blocks are already waiting)."""
+        self.check()
+        while True:
+            try:
+                self._queue.put((b, data, skipped), timeout=0.5)
+                return
+            except queue.Full:
+                self.check()
+
+    def finish(self) -> None:
+        """Wait until every queued block is written; raise the first write error."""
+        self._queue.put(None)
+        self._thread.join()
+        self.check()
+
+    def abandon(self) -> None:
+        """Drop the queued blocks and wait for the one being written (it is then complete and recorded done)."""
+        self._stop.set()
+        self._queue.put(None)  # the loop drains without writing, so this never waits long
+        self._thread.join()
+
+
 def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, on_batch: Optional[Callable[[int], None]] = None) -> list[str]:
     """Compute and write `blocks` of the writer's group; returns the ids skipped as unreadable (rows NaN).
 
@@ -234,38 +299,44 @@ def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, 
     skipped: list[str] = []
     buf: dict[str, np.ndarray] = {}
     filled, current = 0, None
-    with torch.inference_mode(), full_precision(job.device, job.dtype), LayerTaps(bb.model, bb.plan, bb.embed, job.pools) as taps:
-        for rows, x, errors in loader:
-            b = int(rows[0]) // block_rows
-            if b != current:
-                current, filled, buf = b, 0, {}
-            if tuple(x.shape[-2:]) != tuple(bb.input_size):
-                raise RuntimeError(f"the transform of {bb.spec.name} gave {tuple(x.shape[-2:])} images, not {bb.input_size}")
-            bad = [k for k, e in enumerate(errors) if e]
-            for k in bad:
-                path = job.imageset.root / job.imageset.ids[int(rows[k])]
-                if not job.skip_bad:
-                    raise SAError(f"Cannot read image {path} ({errors[k]}); fix or remove it, or pass --skip-bad to store NaN for it.")
-                skipped.append(job.imageset.ids[int(rows[k])])
-            out = taps.run(_padded(x, job.batch_size).to(job.device, dtype=model_dtype, non_blocking=True))
-            out = {name: v[: len(rows)].cpu() for name, v in out.items()}
-            good = np.ones(len(rows), dtype=bool)
-            good[bad] = False
-            _check_finite(out, good, rows, job, bb.spec.name)
-            sl = writer.block_rows_slice(b)
-            lo = int(rows[0]) - sl.start
-            for name, v in out.items():
-                a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float32))
-                chunk = v.numpy()
-                chunk[bad] = np.nan
-                a[lo : lo + len(rows)] = chunk
-            filled += len(rows)
-            if filled == sl.stop - sl.start:
-                writer.write_block(b, buf)
-                job.skipped.extend(i for i in skipped if i not in job.skipped)
-                skipped = []
-            if on_batch is not None:
-                on_batch(len(rows))
+    out_writer = BlockWriterThread(writer, job)
+    try:
+        with torch.inference_mode(), full_precision(job.device, job.dtype), LayerTaps(bb.model, bb.plan, bb.embed, job.pools) as taps:
+            for rows, x, errors in loader:
+                out_writer.check()  # a failed write stops the forward at once
+                b = int(rows[0]) // block_rows
+                if b != current:
+                    current, filled, buf = b, 0, {}
+                if tuple(x.shape[-2:]) != tuple(bb.input_size):
+                    raise RuntimeError(f"the transform of {bb.spec.name} gave {tuple(x.shape[-2:])} images, not {bb.input_size}")
+                bad = [k for k, e in enumerate(errors) if e]
+                for k in bad:
+                    path = job.imageset.root / job.imageset.ids[int(rows[k])]
+                    if not job.skip_bad:
+                        raise SAError(f"Cannot read image {path} ({errors[k]}); fix or remove it, or pass --skip-bad to store NaN for it.")
+                    skipped.append(job.imageset.ids[int(rows[k])])
+                out = taps.run(_padded(x, job.batch_size).to(job.device, dtype=model_dtype, non_blocking=True))
+                out = {name: v[: len(rows)].cpu() for name, v in out.items()}
+                good = np.ones(len(rows), dtype=bool)
+                good[bad] = False
+                _check_finite(out, good, rows, job, bb.spec.name)
+                sl = writer.block_rows_slice(b)
+                lo = int(rows[0]) - sl.start
+                for name, v in out.items():
+                    a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float32))
+                    chunk = v.numpy()
+                    chunk[bad] = np.nan
+                    a[lo : lo + len(rows)] = chunk
+                filled += len(rows)
+                if filled == sl.stop - sl.start:
+                    out_writer.put(b, buf, skipped)  # buf and skipped are not touched again here: the next block gets new ones
+                    skipped = []
+                if on_batch is not None:
+                    on_batch(len(rows))
+        out_writer.finish()
+    except BaseException:
+        out_writer.abandon()
+        raise
     return list(job.skipped)
 
 
