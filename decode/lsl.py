@@ -140,9 +140,19 @@ class Inlet:
         self.is_string = isinstance(info.dtype, str) and info.dtype == "string"
 
     def pull(self, wait: float = 0.0, max_samples: int = 4096) -> tuple[Any, np.ndarray]:
-        """Samples and their timestamps; waits up to `wait` s for the first sample, then takes all that are there."""
+        """Samples and their timestamps; waits up to `wait` s for the first sample, then takes all that are there.
+
+        liblsl wakes a waiting pull as soon as a sample arrives, so `wait` adds no latency. A string pull costs
+        one malloc and one free per *requested* sample (liblsl's lsl_pull_chunk_str fills the whole buffer,
+        mne-lsl frees it in a Python loop: ~4 ms for 4096), so string streams are asked for one sample, then,
+        only while more wait, for batches of STRING_BATCH.
+        """
         try:
+            if self.is_string:
+                return self._pull_strings(wait)
             data, ts = self.inlet.pull_chunk(timeout=wait, max_samples=1) if wait > 0 else ([], np.zeros(0))
+            if wait > 0 and len(ts) == 0:
+                return data, np.zeros(0)
             more, more_ts = self.inlet.pull_chunk(timeout=0.0, max_samples=max_samples)
         except Exception as exc:  # noqa: BLE001 - liblsl's LostError lives in a private module
             if type(exc).__name__ == "LostError":
@@ -150,9 +160,24 @@ class Inlet:
             raise
         if len(ts) == 0:
             return more, np.array(more_ts, dtype=np.float64)
-        if self.is_string:
-            return list(data) + list(more), np.concatenate([ts, more_ts])
         return np.concatenate([np.asarray(data), np.asarray(more)]), np.concatenate([ts, more_ts])
+
+    STRING_BATCH = 32
+
+    def _pull_strings(self, wait: float) -> tuple[list, np.ndarray]:
+        """Every waiting string sample: one asked for first (so a lost stream still raises), the rest in batches."""
+        data, ts = self.inlet.pull_chunk(timeout=max(wait, 0.0), max_samples=1)
+        if len(ts) == 0:
+            return [], np.zeros(0)
+        rows = list(data)
+        stamps = [np.array(ts, dtype=np.float64)]  # a copy: mne-lsl reuses its timestamp buffer on the next pull
+        while self.inlet.samples_available:
+            data, ts = self.inlet.pull_chunk(timeout=0.0, max_samples=self.STRING_BATCH)
+            if len(ts) == 0:
+                break
+            rows += data
+            stamps.append(np.array(ts, dtype=np.float64))
+        return rows, np.concatenate(stamps)
 
     def close(self) -> None:
         inlet, self.inlet = getattr(self, "inlet", None), None

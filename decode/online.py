@@ -8,18 +8,20 @@ The pieces, each usable alone:
 - `Evidence`: `--repeat N` accumulation per marker label (averaged trials, or averaged scores) and the
   `--threshold` early decision.
 - `CommandMap`: a CSV of image id or concept -> command string.
-- `SessionLog`: one JSON line per decision, flushed and synced before the next one is made.
+- `SessionLog`: one JSON line per decision, handed to the OS at once and synced to disk off the decoding thread.
 - `StreamSession`: the loop that ties them to LSL (sa.decode.lsl) and survives stream faults.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import os
 import re
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -475,27 +477,65 @@ class CommandMap:
 
 
 class SessionLog:
-    """JSON lines: a start record, one record per decision or event, an end record; each line synced to disk."""
+    """JSON lines: a start record, one record per decision or event, an end record.
+
+    Each line is written and flushed at once, so it is in the operating system's hands before the next decision
+    (a killed or interrupted process loses nothing); a background thread syncs it to disk (fsync: a power cut
+    loses nothing either) so the decoding thread never waits for the disk. A failed sync is raised by the
+    next write, or by close.
+    """
 
     def __init__(self, path: str | os.PathLike[str], header: dict) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torn = self.path.is_file() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)
         self.fh = open(self.path, "a", encoding="utf-8")
+        self._dirty = threading.Event()
+        self._closing = False
+        self._failed: OSError | None = None
+        self._syncer = threading.Thread(target=self._sync_loop, name="sa-log-sync", daemon=True)
+        self._syncer.start()
         if torn:  # a session killed mid-line: end that line so this session's records stay readable
             self.fh.write("\n")
         self.write({"event": "start", **header})
 
     def write(self, record: dict) -> None:
+        """Append one record and hand it to the operating system; raises the error of a failed background sync."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         self.fh.write(json.dumps(record, default=_plain) + "\n")
         self.fh.flush()
-        os.fsync(self.fh.fileno())
+        self._dirty.set()
+
+    def _sync_loop(self) -> None:
+        """fsync after every batch of writes until closed (or the file was closed under it)."""
+        while not self._closing:
+            self._dirty.wait()
+            self._dirty.clear()
+            if self._closing:
+                return
+            try:
+                os.fsync(self.fh.fileno())
+            except ValueError:  # closed under us (close() syncs itself)
+                return
+            except OSError as exc:
+                self._failed = exc
+                return
 
     def close(self, reason: str, **summary: Any) -> None:
         if self.fh.closed:
             return
-        self.write({"event": "end", "reason": reason, "time": time.time(), **summary})
-        self.fh.close()
+        try:
+            self.write({"event": "end", "reason": reason, "time": time.time(), **summary})
+        finally:
+            self._closing = True
+            self._dirty.set()
+            self._syncer.join(5.0)
+            try:
+                os.fsync(self.fh.fileno())
+            finally:
+                self.fh.close()
 
 
 def _check_writable(path: Path) -> None:
@@ -729,10 +769,12 @@ class StreamSession:
         self._last_status = 0.0
         self._checked_units = False
         self._arrival_cpu = time.thread_time()
+        self._max_decisions = max_decisions
+        gc_state = self._hold_gc()
         try:
             while True:
                 self._step()
-                if max_decisions is not None and len(self.decisions) >= max_decisions:
+                if self._enough():
                     break
                 if duration is not None and time.monotonic() - t_start >= duration:
                     reason = "duration"
@@ -745,8 +787,41 @@ class StreamSession:
         except BaseException as exc:
             self._finish("error", f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            self._release_gc(gc_state)
         self._finish(reason)
         return self.decisions
+
+    GC_S = 1.0  # collect the garbage of the session at most this often, at a quiet moment
+
+    def _hold_gc(self) -> tuple[bool, bool]:
+        """Keep Python's garbage collector off the latency path: what exists now (torch, the gallery, the
+        streams) is frozen out of later collections, and automatic collection (a full one took up to ~100 ms
+        here) is replaced by `_collect` at quiet moments. Returns what `_release_gc` restores."""
+        enabled, frozen = gc.isenabled(), gc.get_freeze_count() > 0
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        self._last_gc = time.monotonic()
+        return enabled, frozen
+
+    def _release_gc(self, state: tuple[bool, bool]) -> None:
+        enabled, frozen = state
+        if not frozen:
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+    def _collect(self, now: float) -> None:
+        """A garbage collection of what the session made, when no epoch is due (or overdue by 10 s)."""
+        if now - self._last_gc > self.GC_S and (self._quiet_for() > self.QUIET_S or now - self._last_gc > 10.0):
+            self._last_gc = now
+            gc.collect()
+
+    def _enough(self) -> bool:
+        """`max_decisions` reached (checked between decisions, so one turn never decides past it)."""
+        limit = getattr(self, "_max_decisions", None)
+        return limit is not None and len(self.decisions) >= limit
 
     def _finish(self, reason: str, message: str | None = None) -> None:
         self.status.state = "ended" if reason != "lost" else "stream lost"
@@ -783,9 +858,15 @@ class StreamSession:
                 "eeg": self.status.eeg, "markers": self.status.markers, "options": asdict(self.options),
                 "outlets": [self.outlet_name] + ([self.command_outlet_name] if self.commands else [])}
 
+    POLL_S = 0.02  # longest wait for EEG per turn; liblsl wakes the pull at the first sample, so it adds no latency
+    QUIET_S = 0.05  # stream seconds before the next epoch is due that housekeeping (the display) may use
+    STATUS_S = 0.25  # display refresh interval
+
     def _step(self) -> None:
+        """One turn: pull the EEG and decide at once the epochs it completes (the latency path); then the markers,
+        the running first-layer sums of the other epochs, late markers and, when no epoch is due, the display."""
         try:
-            data, ts = self.eeg.pull(wait=0.005)
+            data, ts = self.eeg.pull(wait=self.POLL_S)
         except Lost:
             data, ts = None, np.zeros(0)
             self._recover("EEG")
@@ -800,6 +881,7 @@ class StreamSession:
                 self._stalled = False
             self._last_data = now
             onsets = self.epocher.add(data, ts, arrival)
+            self._decide_ready()
             for label, t in onsets:
                 self._queue(label, t)
             self.status.samples, self.status.dropped = self.epocher.received, self.epocher.dropped
@@ -820,12 +902,21 @@ class StreamSession:
                         self._queue(label, float(t))
         self._burst()
         if self.progressive and len(ts):
-            self._advance()
+            self._advance(self.pending)
         self._decide_ready()
-        if self.on_status is not None and now - self._last_status > 0.25:
-            self._last_status = now
-            self.status.pending = len(self.pending)
-            self.on_status(self.status)
+        self._collect(now)
+        if self.on_status is not None and now - self._last_status > self.STATUS_S:
+            if self._quiet_for() > self.QUIET_S or now - self._last_status > 4 * self.STATUS_S:
+                self._last_status = now
+                self.status.pending = len(self.pending)
+                self.on_status(self.status)
+
+    def _quiet_for(self) -> float:
+        """Stream seconds until the next waiting epoch is complete (inf when none waits)."""
+        latest = self.epocher.latest
+        if latest is None or not self.pending:
+            return math.inf
+        return min(self.epocher.wanted_until(p.time) for p in self.pending) - latest
 
     def _queue(self, label: str, t: float) -> None:
         if self.only is not None and not self.only.search(label):
@@ -860,10 +951,10 @@ class StreamSession:
         self._say(f"burst of {new} markers: more than --max-pending {self.options.max_pending} waited for EEG data, "
                   f"so the {extra} oldest were skipped.", "burst")
 
-    def _advance(self) -> None:
-        """Add the newly arrived columns of every waiting epoch to its first-layer sum."""
+    def _advance(self, pending: Sequence[_Pending]) -> None:
+        """Add the newly arrived columns of these waiting epochs to their first-layer sums."""
         e, first = self.epocher, self.decoder.first
-        for p in self.pending:
+        for p in pending:
             if p.onset is None:
                 p.onset = e.onset_index(p.time)
                 if p.onset is None:
@@ -881,14 +972,18 @@ class StreamSession:
                 p.done = held
 
     def _decide_ready(self) -> None:
+        """Decide every waiting epoch whose samples have all arrived, oldest first (their first-layer sums are
+        completed here, so the other epochs' columns wait until these decisions are out)."""
         latest = self.epocher.latest
         if latest is None or not self.pending:
             return
         still: list[_Pending] = []
         for p in sorted(self.pending, key=lambda p: p.time):
-            if latest < self.epocher.wanted_until(p.time):
+            if latest < self.epocher.wanted_until(p.time) or self._enough():
                 still.append(p)
                 continue
+            if self.progressive:
+                self._advance((p,))
             try:
                 cut = self.epocher.cut(p.time)
             except Skip as why:

@@ -266,7 +266,7 @@ def test_cli_session_publishes_logs_and_maps_commands(model, tmp_path):
     assert res.exit_code == 0, res.output
     assert "Traceback" not in res.output
     assert "1 key(s) of" in res.output and "(nothing-like-this); they will never fire." in res.output
-    assert "session ended: 3 decision(s)" in res.output and "epochs" in res.output
+    assert "session ended: 3 decision(s)" in res.output and "epochs" in res.output, res.output
     (sess,) = read_session_log(log)
     assert len(sess["decisions"]) == 3 and sess["end"]["reason"] == "done"
     for r in sess["decisions"]:
