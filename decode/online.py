@@ -104,7 +104,12 @@ class OnlineDecoder:
         feats = group.read(self.ckpt.array).astype(np.float32)[keep]
         probe = np.zeros((1, self.ckpt.n_channels, self.ckpt.n_times), np.float32)
         _, self.zi = embed(self.ckpt, probe, feats)
-        self.zi = np.ascontiguousarray(self.zi)
+        self.zi = np.ascontiguousarray(self.zi, dtype=np.float32)
+        import torch
+
+        # the same memory seen by torch: scoring runs on torch's threads (`sa --threads`, 1 in bench/stream.py),
+        # where numpy's OpenBLAS would take every core whatever the setting (slower at p50 on 2 shared cores)
+        self.zi_torch = torch.from_numpy(self.zi)
         from sa.brain.things import concepts_of_ids
 
         self.concepts = concepts_of_ids(self.ids.tolist())
@@ -115,9 +120,9 @@ class OnlineDecoder:
         import torch
         import torch.nn.functional as F
 
-        with torch.no_grad():
-            z = F.normalize(self.first.rest(torch.from_numpy(h.astype(np.float32)[None])), dim=-1).numpy()
-        return (z @ self.zi.T)[0]
+        with torch.inference_mode():
+            z = F.normalize(self.first.rest(torch.from_numpy(h.astype(np.float32)[None])), dim=-1)
+            return torch.mv(self.zi_torch, z[0]).numpy()
 
     def prepare(self, epoch: np.ndarray) -> np.ndarray:
         """(C, T) raw epoch on the checkpoint's channels and times -> (1, C, T) float32 z-scored, as in training."""
@@ -130,12 +135,15 @@ class OnlineDecoder:
         import torch
         import torch.nn.functional as F
 
-        with torch.no_grad():
+        with torch.inference_mode():
             return F.normalize(self.ckpt.model.encode_brain(torch.from_numpy(x)), dim=-1).numpy()
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """(n, N) cosine scores of prepared trials against every gallery image."""
-        return self.embed(x) @ self.zi.T
+        import torch
+
+        with torch.inference_mode():
+            return (torch.from_numpy(self.embed(x)) @ self.zi_torch.T).numpy()
 
     def top(self, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k ids and scores of one (N,) score row, best first, ties by gallery order (as a stable argsort)."""
