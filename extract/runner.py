@@ -308,6 +308,18 @@ class BlockWriterThread:
         self._thread.join()
 
 
+@contextlib.contextmanager
+def block_writer_thread(writer: Any, job: BlockJob) -> Iterator[BlockWriterThread]:
+    """A BlockWriterThread that is drained on success (its first error raised) and abandoned on any exception."""
+    out = BlockWriterThread(writer, job)
+    try:
+        yield out
+        out.finish()
+    except BaseException:
+        out.abandon()
+        raise
+
+
 def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, on_batch: Optional[Callable[[int], None]] = None) -> list[str]:
     """Compute and write `blocks` of the writer's group; returns the ids skipped as unreadable (rows NaN).
 
@@ -332,44 +344,39 @@ def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, 
     skipped: list[str] = []
     buf: dict[str, np.ndarray] = {}
     filled, current = 0, None
-    out_writer = BlockWriterThread(writer, job)
-    try:
-        with torch.inference_mode(), full_precision(job.device, job.dtype), LayerTaps(bb.model, bb.plan, bb.embed, job.pools) as taps:
-            for rows, x, errors in loader:
-                out_writer.check()  # a failed write stops the forward at once
-                b = int(rows[0]) // block_rows
-                if b != current:
-                    current, filled, buf = b, 0, {}
-                if tuple(x.shape[-2:]) != tuple(bb.input_size):
-                    raise RuntimeError(f"the transform of {bb.spec.name} gave {tuple(x.shape[-2:])} images, not {bb.input_size}")
-                bad = [k for k, e in enumerate(errors) if e]
-                for k in bad:
-                    path = job.imageset.root / job.imageset.ids[int(rows[k])]
-                    if not job.skip_bad:
-                        raise SAError(f"Cannot read image {path} ({errors[k]}); fix or remove it, or pass --skip-bad to store NaN for it.")
-                    skipped.append(job.imageset.ids[int(rows[k])])
-                out = taps.run(_padded(x, job.batch_size).to(job.device, dtype=model_dtype, non_blocking=True))
-                out = {name: v[: len(rows)].cpu() for name, v in out.items()}
-                good = np.ones(len(rows), dtype=bool)
-                good[bad] = False
-                _check_finite(out, good, rows, job, bb.spec.name)
-                sl = writer.block_rows_slice(b)
-                lo = int(rows[0]) - sl.start
-                for name, v in out.items():
-                    a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float32))
-                    chunk = v.numpy()
-                    chunk[bad] = np.nan
-                    a[lo : lo + len(rows)] = chunk
-                filled += len(rows)
-                if filled == sl.stop - sl.start:
-                    out_writer.put(b, buf, skipped)  # buf and skipped are not touched again here: the next block gets new ones
-                    skipped = []
-                if on_batch is not None:
-                    on_batch(len(rows))
-        out_writer.finish()
-    except BaseException:
-        out_writer.abandon()
-        raise
+    with block_writer_thread(writer, job) as out_writer, torch.inference_mode(), full_precision(job.device, job.dtype), \
+            LayerTaps(bb.model, bb.plan, bb.embed, job.pools) as taps:
+        for rows, x, errors in loader:
+            out_writer.check()  # a failed write stops the forward at once
+            b = int(rows[0]) // block_rows
+            if b != current:
+                current, filled, buf = b, 0, {}
+            if tuple(x.shape[-2:]) != tuple(bb.input_size):
+                raise RuntimeError(f"the transform of {bb.spec.name} gave {tuple(x.shape[-2:])} images, not {bb.input_size}")
+            bad = [k for k, e in enumerate(errors) if e]
+            for k in bad:
+                path = job.imageset.root / job.imageset.ids[int(rows[k])]
+                if not job.skip_bad:
+                    raise SAError(f"Cannot read image {path} ({errors[k]}); fix or remove it, or pass --skip-bad to store NaN for it.")
+                skipped.append(job.imageset.ids[int(rows[k])])
+            out = taps.run(_padded(x, job.batch_size).to(job.device, dtype=model_dtype, non_blocking=True))
+            out = {name: v[: len(rows)].cpu() for name, v in out.items()}
+            good = np.ones(len(rows), dtype=bool)
+            good[bad] = False
+            _check_finite(out, good, rows, job, bb.spec.name)
+            sl = writer.block_rows_slice(b)
+            lo = int(rows[0]) - sl.start
+            for name, v in out.items():
+                a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float32))
+                chunk = v.numpy()
+                chunk[bad] = np.nan
+                a[lo : lo + len(rows)] = chunk
+            filled += len(rows)
+            if filled == sl.stop - sl.start:
+                out_writer.put(b, buf, skipped)  # buf and skipped are not touched again here: the next block gets new ones
+                skipped = []
+            if on_batch is not None:
+                on_batch(len(rows))
     return list(job.skipped)
 
 
