@@ -320,6 +320,20 @@ def block_writer_thread(writer: Any, job: BlockJob) -> Iterator[BlockWriterThrea
         raise
 
 
+def _to_host(out: dict[str, torch.Tensor], n: int, device: torch.device) -> tuple[dict[str, torch.Tensor], Any]:
+    """The first n rows of every output on the host; on CUDA as non-blocking copies into pinned memory, with the
+    event that marks them landed, so the host never waits for the forward it just queued."""
+    if device.type != "cuda":
+        return {name: v[:n].cpu() for name, v in out.items()}, None
+    host = {}
+    for name, v in out.items():
+        host[name] = torch.empty(v[:n].shape, dtype=v.dtype, pin_memory=True)
+        host[name].copy_(v[:n], non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
 def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, on_batch: Optional[Callable[[int], None]] = None) -> list[str]:
     """Compute and write `blocks` of the writer's group; returns the ids skipped as unreadable (rows NaN).
 
@@ -344,39 +358,52 @@ def run_blocks(bb: Backbone, writer: Any, blocks: Sequence[int], job: BlockJob, 
     skipped: list[str] = []
     buf: dict[str, np.ndarray] = {}
     filled, current = 0, None
+
+    def land(rows: torch.Tensor, host: dict[str, torch.Tensor], event: Any, bad: list[int]) -> None:
+        """Store one finished batch's rows in its block's buffer; hand the block to the writer once it is full."""
+        nonlocal skipped, buf, filled, current
+        if event is not None:
+            event.synchronize()  # the batch's device-to-host copies have landed
+        b = int(rows[0]) // block_rows
+        if b != current:
+            current, filled, buf = b, 0, {}
+        skipped.extend(job.imageset.ids[int(rows[k])] for k in bad)
+        good = np.ones(len(rows), dtype=bool)
+        good[bad] = False
+        _check_finite(host, good, rows, job, bb.spec.name)
+        sl = writer.block_rows_slice(b)
+        lo = int(rows[0]) - sl.start
+        for name, v in host.items():
+            a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float32))
+            chunk = v.numpy()
+            chunk[bad] = np.nan
+            a[lo : lo + len(rows)] = chunk
+        filled += len(rows)
+        if filled == sl.stop - sl.start:
+            out_writer.put(b, buf, skipped)  # buf and skipped are not touched again here: the next block gets new ones
+            skipped = []
+        if on_batch is not None:
+            on_batch(len(rows))
+
+    pending: Optional[tuple] = None  # the previous batch, landed after this one's forward is queued
     with block_writer_thread(writer, job) as out_writer, torch.inference_mode(), full_precision(job.device, job.dtype), \
             LayerTaps(bb.model, bb.plan, bb.embed, job.pools) as taps:
         for rows, x, errors in loader:
             out_writer.check()  # a failed write stops the forward at once
-            b = int(rows[0]) // block_rows
-            if b != current:
-                current, filled, buf = b, 0, {}
             if tuple(x.shape[-2:]) != tuple(bb.input_size):
                 raise RuntimeError(f"the transform of {bb.spec.name} gave {tuple(x.shape[-2:])} images, not {bb.input_size}")
             bad = [k for k, e in enumerate(errors) if e]
             for k in bad:
-                path = job.imageset.root / job.imageset.ids[int(rows[k])]
                 if not job.skip_bad:
+                    path = job.imageset.root / job.imageset.ids[int(rows[k])]
                     raise SAError(f"Cannot read image {path} ({errors[k]}); fix or remove it, or pass --skip-bad to store NaN for it.")
-                skipped.append(job.imageset.ids[int(rows[k])])
             out = taps.run(_padded(x, job.batch_size).to(job.device, dtype=model_dtype, non_blocking=True))
-            out = {name: v[: len(rows)].cpu() for name, v in out.items()}
-            good = np.ones(len(rows), dtype=bool)
-            good[bad] = False
-            _check_finite(out, good, rows, job, bb.spec.name)
-            sl = writer.block_rows_slice(b)
-            lo = int(rows[0]) - sl.start
-            for name, v in out.items():
-                a = buf.setdefault(name, np.empty((sl.stop - sl.start, v.shape[1]), dtype=np.float32))
-                chunk = v.numpy()
-                chunk[bad] = np.nan
-                a[lo : lo + len(rows)] = chunk
-            filled += len(rows)
-            if filled == sl.stop - sl.start:
-                out_writer.put(b, buf, skipped)  # buf and skipped are not touched again here: the next block gets new ones
-                skipped = []
-            if on_batch is not None:
-                on_batch(len(rows))
+            host, event = _to_host(out, len(rows), job.device)
+            if pending is not None:
+                land(*pending)  # on a GPU: while this batch's forward and copies run
+            pending = (rows, host, event, bad)
+        if pending is not None:
+            land(*pending)
     return list(job.skipped)
 
 

@@ -75,7 +75,7 @@ def test_async_writes_store_the_bytes_of_a_direct_forward(images, tmp_path):
         assert got.dtype == np.float16 and np.array_equal(got.view(np.uint16), want.view(np.uint16)), name
 
 
-def test_blocks_are_written_behind_the_forward_in_order_one_at_a_time_and_at_most_two_ahead(images, tmp_path, monkeypatch):
+def test_blocks_are_written_behind_the_forward_in_order_one_at_a_time_and_at_most_three_ahead(images, tmp_path, monkeypatch):
     real_write, real_run = FeatureWriter.write_block, LayerTaps.run
     writes: list[tuple[int, str, float, float]] = []
     forwards: list[tuple[float, int]] = []  # (time, writes finished) at each forward of a full batch
@@ -103,7 +103,9 @@ def test_blocks_are_written_behind_the_forward_in_order_one_at_a_time_and_at_mos
     assert {w[1] for w in writes} == {"sa-block-writer"}
     assert any(start < t < end for t, _ in forwards for _, _, start, end in writes)  # the forward went on meanwhile
     ahead = [k - done for k, (_, done) in enumerate(forwards)]  # blocks filled but not yet written
-    assert max(ahead) == 2  # one being written, one waiting: never more
+    # one being written, one waiting, and the batch whose forward is queued before the previous batch lands
+    # (so a GPU computes while the host stores): never more
+    assert max(ahead) == 3
 
 
 EFBIG_SCRIPT = textwrap.dedent(
