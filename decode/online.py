@@ -508,12 +508,12 @@ class SessionLog:
         self.write({"event": "start", **header})
 
     def write(self, record: dict) -> None:
-        """Append one record and hand it to the operating system; raises the error of a failed background sync."""
+        """Append one record and hand it to the operating system; then raise the error of a failed background sync."""
+        self.fh.write(json.dumps(record, default=_plain) + "\n")
+        self.fh.flush()
         if self._failed is not None:
             failed, self._failed = self._failed, None
             raise failed
-        self.fh.write(json.dumps(record, default=_plain) + "\n")
-        self.fh.flush()
         self._dirty.set()
 
     def _sync_loop(self) -> None:

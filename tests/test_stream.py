@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import support_stream as ss  # noqa: I001 - first: points $LSLAPICFG at the loopback config before liblsl loads
 
+import gc
 import json
 import time
 
@@ -97,6 +98,8 @@ def test_player_replay_decisions_equal_offline_decode(model, tmp_path):
     assert commanded == [c for c in want_cmd if c] and len(commanded) >= 1
     assert [d.command for d in got] == want_cmd
     assert all(0 <= d.latency_ms < 1000 for d in got)
+    # the session handed the garbage collector back as it found it (frozen and paused only while it ran)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_trigger_channel_resampled_stream_with_baseline(model, tmp_path):

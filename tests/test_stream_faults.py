@@ -325,3 +325,28 @@ def test_session_log_of_a_killed_session_keeps_every_decision(tmp_path):
     first, second = read_session_log(tmp_path / "k.jsonl")
     assert len(first["decisions"]) == 3 and first["end"] is None
     assert [r["marker"] for r in second["decisions"]] == ["n1"] and second["end"]["reason"] == "done"
+
+
+def test_session_log_says_when_the_background_sync_fails(tmp_path, monkeypatch):
+    """A disk that fails fsync (full, or gone): the next record is still written, then raises that OSError (which the
+    CLI turns into one sentence); every line stays readable, and close still closes the file."""
+    import errno
+
+    import sa.decode.online as online
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(online.os, "fsync", full)
+    log = online.SessionLog(tmp_path / "f.jsonl", {"time": 0})
+    log._syncer.join(5)  # the start record's sync failed in the background
+    assert not log._syncer.is_alive()
+    with pytest.raises(OSError) as failed:
+        log.write({"decision": 1, "marker": "m1", "ids": ["a"], "scores": [0.5]})
+    assert failed.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        log.close("error")
+    assert log.fh.closed
+    (sess,) = read_session_log(tmp_path / "f.jsonl")
+    assert sess["start"]["time"] == 0 and [r["decision"] for r in sess["decisions"]] == [1]
+    assert sess["end"]["reason"] == "error"
