@@ -10,8 +10,9 @@ features 1024; weights untrained: the arithmetic, not the accuracy, sets the tim
 - end-to-end: the last sample's acquisition stamp -> published (adds LSL transport and sa's polling), p50 / p99;
 - the CPU time sa's thread spent between arrival and publishing (the latency minus time spent waiting for a core).
 
-Target: p99 <= 25 ms on the 2-core CPU. The load average is printed: the machine is shared, so read figures
-taken under load with care. Every packet stays on 127.0.0.1 (sa.decode.lsl.LOOPBACK_CONFIG).
+Target: p99 <= 25 ms on the 2-core CPU. The load average (at the start and the end of each run) and the steal
+time (CPU time the hypervisor gave to other machines) are printed: the machine is shared, so read figures taken
+under load with care. Every packet stays on 127.0.0.1 (sa.decode.lsl.LOOPBACK_CONFIG).
 
     .venv/bin/python bench/stream.py [--epochs 500] [--galleries 200 16740] [--soa 0.2] [--threads 1]
 """
@@ -37,6 +38,21 @@ CH_NAMES = [f"E{i:02d}" for i in range(N_CH)]
 def load_text() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat (None off Linux): time the hypervisor gave elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_text(before, after) -> str:
+    if before is None or after is None or after[1] == before[1]:
+        return ""
+    return f", steal {100 * (after[0] - before[0]) / (after[1] - before[1]):.1f} %"
 
 
 def make_checkpoint(folder: Path, group) -> Path:
@@ -142,12 +158,13 @@ def main() -> None:
     for n in args.galleries:
         group = make_gallery(folder, n)
         ckpt = make_checkpoint(folder, group)
-        t = time.perf_counter()
+        t, before, ticks = time.perf_counter(), os.getloadavg()[0], cpu_ticks()
         decisions = run_one(ckpt, group, args.epochs, args.soa, args.chunk, str(n))
         lat = np.array([d.latency_ms for d in decisions])
         e2e = np.array([(d.published - d.last_sample_time) * 1000 for d in decisions])
         cpu = np.array([d.cpu_ms for d in decisions])
-        print(f"gallery {n:>6}: {len(decisions)} decisions in {time.perf_counter() - t:.0f} s ({load_text()})")
+        print(f"gallery {n:>6}: {len(decisions)} decisions in {time.perf_counter() - t:.0f} s (1-min load {before:.2f} "
+              f"at the start; {load_text()} at the end{steal_text(ticks, cpu_ticks())})")
         print(f"  arrival -> published   {summary(lat)}")
         print(f"  acquired -> published  {summary(e2e)}")
         print(f"  CPU time on the path   {summary(cpu)}")
