@@ -672,6 +672,7 @@ class StreamSession:
         self.notify = notify or (lambda text: print(text, flush=True))
         self.on_status = on_status
         self.status = Status()
+        self._max_decisions: int | None = None  # set by run(); _decide_ready stops at it
         self.decisions: list[Decision] = []
         self.only = re.compile(self.options.only) if self.options.only else None
         self.log: SessionLog | None = None
@@ -828,8 +829,7 @@ class StreamSession:
 
     def _enough(self) -> bool:
         """`max_decisions` reached (checked between decisions, so one turn never decides past it)."""
-        limit = getattr(self, "_max_decisions", None)
-        return limit is not None and len(self.decisions) >= limit
+        return self._max_decisions is not None and len(self.decisions) >= self._max_decisions
 
     def _finish(self, reason: str, message: str | None = None) -> None:
         self.status.state = "ended" if reason != "lost" else "stream lost"

@@ -1,4 +1,6 @@
-"""A hand-written stacked path for the projection encoders (EEGProject, Linear): R runs in a few big GEMMs.
+"""The trainer's fast paths: ProjectionStack for EEGProject / Linear (R runs in a few big GEMMs), and the fused
+conv fronts (ConvPool, TimeSpaceConv, TimeNormSpaceConv) that compute the conv encoders' first layers in fewer
+multiply-adds for LoopStack; `make_stack` picks. The projection path:
 
 The generic `Stack` runs each Linear under vmap, which expands the shared
 brain batch per run and lets autocast re-cast every weight inside the
@@ -15,7 +17,8 @@ the global generator, shared by the runs like vmap's randomness="same".
 
 from __future__ import annotations
 
-from typing import Sequence
+import inspect
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -96,18 +99,24 @@ def _fusable(conv: nn.Module, pool: nn.Module) -> bool:
             and as_pair(pool.padding) == (0, 0) and not pool.ceil_mode and pool.divisor_override is None)
 
 
-def fuse_conv_pool(model: nn.Module) -> int:
-    """Replace every Sequential's adjacent (1, k) Conv2d + (1, p) AvgPool2d by a ConvPool in place; returns how many."""
-    fused = 0
+def _replace_runs(model: nn.Module, fits: Callable[..., bool], build: Callable[..., tuple[nn.Module, ...]]) -> int:
+    """In every Sequential, replace each run of adjacent modules that `fits` (as many as it takes arguments) by the
+    same number of modules `build` makes from them; returns how many runs were replaced."""
+    width, fused = len(inspect.signature(fits).parameters), 0
     for module in model.modules():
         if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                if _fusable(module[i], module[i + 1]):
-                    pool = module[i + 1]
-                    module[i] = ConvPool(module[i], pool)
-                    module[i + 1] = nn.Identity()
+            for i in range(len(module) - width + 1):
+                run = [module[j] for j in range(i, i + width)]
+                if fits(*run):
+                    for j, new in enumerate(build(*run)):
+                        module[i + j] = new
                     fused += 1
     return fused
+
+
+def fuse_conv_pool(model: nn.Module) -> int:
+    """Replace every Sequential's adjacent (1, k) Conv2d + (1, p) AvgPool2d by a ConvPool in place; returns how many."""
+    return _replace_runs(model, _fusable, lambda conv, pool: (ConvPool(conv, pool), nn.Identity()))
 
 
 class _Folded(nn.Module):
@@ -169,16 +178,12 @@ def _time_space(temporal: nn.Module, spatial: nn.Module) -> bool:
 def fuse_time_space(model: nn.Module) -> int:
     """Replace every Sequential's adjacent temporal (1, k) + spatial (C, 1) Conv2d pair by a TimeSpaceConv in place;
     returns how many."""
-    fused = 0
-    for module in model.modules():
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                if _time_space(module[i], module[i + 1]):
-                    folded = _Folded(module[i + 1])
-                    module[i] = TimeSpaceConv(module[i], folded)
-                    module[i + 1] = folded
-                    fused += 1
-    return fused
+
+    def build(temporal: nn.Conv2d, spatial: nn.Conv2d) -> tuple[nn.Module, ...]:
+        folded = _Folded(spatial)
+        return TimeSpaceConv(temporal, folded), folded
+
+    return _replace_runs(model, _time_space, build)
 
 
 class TimeNormSpaceConv(nn.Module):
@@ -262,17 +267,12 @@ def _time_norm_space(temporal: nn.Module, norm: nn.Module, spatial: nn.Module) -
 def fuse_time_norm_space(model: nn.Module) -> int:
     """Replace every Sequential's temporal conv + BatchNorm2d + depthwise spatial conv (EEGNet's front) by a
     TimeNormSpaceConv in place; returns how many."""
-    fused = 0
-    for module in model.modules():
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 2):
-                if _time_norm_space(module[i], module[i + 1], module[i + 2]):
-                    bn = module[i + 1]
-                    norm, spatial = _Folded(bn), _Folded(module[i + 2])
-                    module[i] = TimeNormSpaceConv(module[i], norm, spatial, float(bn.eps), float(bn.momentum))
-                    module[i + 1], module[i + 2] = norm, spatial
-                    fused += 1
-    return fused
+
+    def build(temporal: nn.Conv2d, bn: nn.BatchNorm2d, spatial: nn.Conv2d) -> tuple[nn.Module, ...]:
+        norm, folded = _Folded(bn), _Folded(spatial)
+        return TimeNormSpaceConv(temporal, norm, folded, float(bn.eps), float(bn.momentum)), norm, folded
+
+    return _replace_runs(model, _time_norm_space, build)
 
 
 def _compute_dtype(device: torch.device) -> torch.dtype:
